@@ -1,0 +1,120 @@
+"""Checkpoints are plain dicts, written atomically and read with ``weights_only=True``.
+
+A checkpoint never unpickles code: ``torch.load(..., weights_only=True)`` accepts only tensors and plain
+containers, so a file crafted to run code on load is refused.
+
+Layout (format version 1)::
+
+    {"format": "agegender", "format_version": 1,
+     "model_config": {...ModelConfig...}, "model_state": {...},
+     "age_normalisation": {"mean": float, "std": float},
+     "labels": {"gender": ["male", "female"], "race": [...]},
+     "training": {"epoch": int, "config": {...}, "data_fingerprint": str, "split": {...}, "metrics": {...},
+                  "history": [...]},
+     # last.pt only, for --resume:
+     "optimizer_state": ..., "scheduler_state": ..., "scaler_state": ..., "rng_state": ...}
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from agegender.data import GENDERS, RACES
+from agegender.model import AgeGenderNet, ModelConfig
+
+FORMAT = "agegender"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, unsafe, of another format or another architecture."""
+
+
+def make_checkpoint(model: AgeGenderNet, training: dict | None = None, **resume_state) -> dict:
+    cfg = model.config
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": cfg.to_dict(),
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "age_normalisation": {"mean": float(cfg.age_mean), "std": float(cfg.age_std)},
+        "labels": {"gender": list(GENDERS), "race": list(RACES)},
+        "training": training or {},
+        **resume_state,
+    }
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file
+    where a good checkpoint was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read and validate a checkpoint dict (no model is built)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found is None:
+            raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file?)") from e
+        raise CheckpointError(
+            f"{path} refused: it would import {found[1]} when loaded, which could run code. agegender checkpoints "
+            "hold only tensors and plain data; only use checkpoints from sources you trust."
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file?): {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an agegender checkpoint")
+    version = ckpt.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}; this agegender reads version {FORMAT_VERSION}. "
+            "Upgrade agegender (or retrain)."
+        )
+    for key in ("model_config", "model_state"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path} lacks {key!r}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> AgeGenderNet:
+    """Build the network from the config saved in ``ckpt`` and load its weights (strictly)."""
+    try:
+        config = ModelConfig.from_dict(dict(ckpt["model_config"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"bad model config in checkpoint: {e}") from e
+    model = AgeGenderNet(config)
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint weights do not match the {config.backbone} architecture it declares: {str(e)[:400]}"
+        ) from e
+    return model.eval()
+
+
+def load_model(path: str | Path) -> tuple[AgeGenderNet, dict]:
+    """``(model in eval mode on the CPU, checkpoint dict)``."""
+    ckpt = load_checkpoint(path)
+    return model_from_checkpoint(ckpt), ckpt

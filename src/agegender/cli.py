@@ -1,0 +1,236 @@
+"""``agegender`` command line: train, evaluate, predict. A thin layer over the library.
+
+Exit status: 0 success; 1 finished, but some input files could not be read (they are listed, the rest is
+written); 2 a user error (bad arguments, data, checkpoint or weights: one line says what to do); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("agegender")
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agegender",
+        description="Estimate age (years) and gender from face images: train, evaluate and predict.",
+        epilog="Exit status: 0 ok, 1 some inputs unreadable (rest done), 2 user error, 130 interrupted.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model on a UTKFace folder",
+                       description="Train on a UTKFace folder. Defaults come from the built-in config, then "
+                       "--config YAML, then the flags given here. Writes best.pt, last.pt, config.yaml, "
+                       "metrics.csv, split.csv and curves.png into --out.")
+    t.add_argument("--data", help="UTKFace folder (flat, or Kaggle's nested utkcropped/utkcropped)")
+    t.add_argument("--out", help="run folder to write")
+    t.add_argument("--config", help="YAML file of options (keys as the flags, with _ for -)")
+    t.add_argument("--backbone", help="resnet18 (default), resnet34, resnet50, mobilenet_v2, mobilenet_v3_large, "
+                   "efficientnet_b0")
+    t.add_argument("--pretrained", help="none | imagenet (default; downloads or uses torch's cache) | PATH")
+    t.add_argument("--image-size", type=int, help="input side in pixels (default 112)")
+    t.add_argument("--epochs", type=int, help="epochs (default 10)")
+    t.add_argument("--batch-size", type=int, help="mini-batch size (default 64)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    t.add_argument("--age-loss", choices=["mse", "l1", "smooth_l1"], help="age loss (default mse, the reference)")
+    t.add_argument("--split", help="train,val,test fractions (default 0.8,0.1,0.1; the reference: 0.8,0,0.2)")
+    t.add_argument("--limit", type=int, help="use at most N images (a quick trial)")
+    t.add_argument("--num-workers", type=int, help="data-loading processes (default: cores - 1)")
+    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+    t.add_argument("--seed", type=int, help="seed for the split, initialisation and shuffling (default 0)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    _add_common(t)
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on labelled images",
+                       description="Evaluate on a UTKFace folder (all valid images, or one subset of a split "
+                       "file). Writes REPORT.json, PREDS.csv and two plots beside REPORT.json.")
+    e.add_argument("--model", required=True, help="checkpoint (best.pt)")
+    e.add_argument("--data", required=True, help="UTKFace folder")
+    e.add_argument("--split-file", help="a run's split.csv, to evaluate one subset")
+    e.add_argument("--subset", default="test", choices=["train", "val", "test"], help="subset (default test)")
+    e.add_argument("--out", required=True, help="REPORT.json to write")
+    e.add_argument("--predictions", help="PREDS.csv to write (default: beside REPORT.json)")
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--num-workers", type=int, default=-1)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    _add_common(e)
+
+    p = sub.add_parser("predict", help="predict age and gender for face crops",
+                       description="Predict for face crops (files, or folders searched recursively). "
+                       "Writes CSV or JSON by the extension of --out.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("--model", required=True, help="checkpoint (best.pt)")
+    p.add_argument("--out", required=True, help="PREDS.csv or PREDS.json")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    _add_common(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(-1 if args.quiet else args.verbose)
+    from agegender.checkpoint import CheckpointError
+    from agegender.data import DataError
+    from agegender.engine import NonFiniteLossError
+    from agegender.images import ImageReadError
+    from agegender.model import PretrainedWeightsError
+
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return EXIT_INTERRUPTED
+    except (DataError, CheckpointError, PretrainedWeightsError, ImageReadError, NonFiniteLossError,
+            FileNotFoundError, ValueError) as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from agegender.config import TrainConfig
+    from agegender.trainer import fit
+
+    names = ["data", "out", "backbone", "pretrained", "image_size", "epochs", "batch_size", "lr", "age_loss",
+             "split", "limit", "num_workers", "device", "seed"]
+    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.resume and args.out and not args.config and (Path(args.out) / "config.yaml").exists():
+        args.config = str(Path(args.out) / "config.yaml")
+    cfg = TrainConfig.from_sources(args.config, given)
+    summary = fit(cfg, resume=args.resume, given=given, progress=not args.quiet)
+    log.info("done: %s (best validation age MAE %s)", Path(cfg.out) / "best.pt", summary.get("best_val_age_mae"))
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from agegender import data as D
+    from agegender.engine import predict_batches
+    from agegender.metrics import report
+    from agegender.plots import age_scatter, mae_by_bucket
+    from agegender.predictor import Predictor
+    from agegender.trainer import default_workers, make_loader
+
+    predictor = Predictor.from_checkpoint(args.model, device=args.device)
+    records = D.scan_utkface(args.data).records
+    scope = "all labelled images"
+    if args.split_file:
+        split = D.read_split(args.split_file)
+        records = D.select(records, split, args.subset)
+        missing = sum(1 for v in split.values() if v == args.subset) - len(records)
+        if missing:
+            log.warning("%d files of subset %s in %s are not in %s", missing, args.subset, args.split_file, args.data)
+        scope = f"subset {args.subset} of {args.split_file}"
+        if not records:
+            raise D.DataError(f"no image of {scope} found in {args.data}")
+    ds = D.FaceDataset(args.data, records, predictor.transform)
+    loader = make_loader(ds, args.batch_size, False, default_workers(args.num_workers), predictor.device)
+    out = predict_batches(predictor.model, loader, predictor.device, flip_tta=args.tta, progress=not args.quiet,
+                          desc="evaluate")
+    recs = [records[i] for i in out["index"]]
+    df = pd.DataFrame({
+        "file": [r.file for r in recs], "age_true": [r.age for r in recs], "gender_true": [r.gender for r in recs],
+        "race": [r.race for r in recs], "age_pred": out["age"].round(3), "p_female": out["p_female"].round(5),
+    })
+    if df.empty:
+        raise D.DataError(f"none of the {len(records)} images of {scope} could be read")
+    rep = report(df)
+    rep["meta"] = {"model": str(args.model), "data": str(args.data), "scope": scope, "tta": args.tta,
+                   "unreadable": len(records) - len(df)}
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    preds_path = Path(args.predictions) if args.predictions else out_path.with_name(out_path.stem + "_preds.csv")
+    preds_path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(preds_path, index=False)
+    out_path.write_text(json.dumps(rep, indent=2))
+    age_scatter(df, out_path.with_name(out_path.stem + "_age_scatter.png"),
+                f"{scope}: MAE {rep['age_mae']:.2f} y, n={rep['n']}")
+    mae_by_bucket(rep, out_path.with_name(out_path.stem + "_mae_by_age.png"))
+    log.info("n=%d  age MAE %.2f  RMSE %.2f  CS@5 %.1f%%  gender acc %.2f%%  gender MAE %.3f  AUC %.4f -> %s",
+             rep["n"], rep["age_mae"], rep["age_rmse"], rep["cs5"], 100 * rep["gender_accuracy"],
+             rep["gender_mae"], rep["gender_auc"] or float("nan"), out_path)
+    return EXIT_OK
+
+
+def _expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    from agegender.data import iter_image_files
+
+    files: list[Path] = []
+    errors: list[tuple[str, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = iter_image_files(p)
+            if not found:
+                errors.append((item, "folder holds no image files"))
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            errors.append((item, "no such file or folder"))
+    return files, errors
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from agegender.images import ImageReadError, open_image
+    from agegender.predictor import Predictor
+
+    out_path = Path(args.out)
+    if out_path.suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"--out must end in .csv or .json, got {out_path.name}")
+    predictor = Predictor.from_checkpoint(args.model, device=args.device, flip_tta=args.tta)
+    files, errors = _expand_inputs(args.inputs)
+    rows: list[dict] = []
+    bar = tqdm(total=len(files), desc="predict", disable=True if args.quiet else None, dynamic_ncols=True)
+    for start in range(0, len(files), args.batch_size):
+        chunk, images = [], []
+        for f in files[start : start + args.batch_size]:
+            try:
+                images.append(open_image(f))
+                chunk.append(f)
+            except ImageReadError as e:
+                errors.append((str(f), str(e)))
+        for f, pred in zip(chunk, predictor.predict(images, args.batch_size) if images else [], strict=True):
+            rows.append({"file": str(f), "age": round(pred.age, 2), "gender": pred.gender,
+                         "p_female": round(pred.p_female, 5), "error": ""})
+        bar.update(len(files[start : start + args.batch_size]))
+    bar.close()
+    for f, why in errors:
+        log.warning("could not read %s: %s", f, why)
+        rows.append({"file": f, "age": None, "gender": None, "p_female": None, "error": why})
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.suffix.lower() == ".json":
+        out_path.write_text(json.dumps(rows, indent=2))
+    else:
+        pd.DataFrame(rows, columns=["file", "age", "gender", "p_female", "error"]).to_csv(out_path, index=False)
+    log.info("%d images predicted, %d unreadable -> %s", len(rows) - len(errors), len(errors), out_path)
+    return EXIT_PARTIAL if errors else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

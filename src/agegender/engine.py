@@ -1,0 +1,128 @@
+"""One epoch of training and one pass of inference, with every object passed in explicitly."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops so a bad update never reaches a checkpoint."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: Iterable,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    epoch: int,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    grad_clip: float = 0.0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train for one pass over ``loader``; ``scheduler`` (if any) steps once per batch.
+
+    Batches are ``(images [B,3,H,W], {"age": [B], "gender": [B]}, index [B])`` or ``None`` (all unreadable).
+    Returns the mean of each loss term over the epoch's images.
+    """
+    model.train()
+    totals: dict[str, float] = {}
+    seen = 0
+    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=None if progress else True, dynamic_ncols=True)
+    for batch in bar:
+        if batch is None:
+            continue
+        images, targets, _ = batch
+        images = images.to(device, non_blocking=True)
+        targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+        with autocast(device, amp):
+            out = model(images)
+        losses = loss_fn(out, targets)
+        loss = losses["loss"]
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} in epoch {epoch}; lower --lr or check the data. "
+                "The last good checkpoint is kept."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            if grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        n = images.shape[0]
+        seen += n
+        for k, v in losses.items():
+            totals[k] = totals.get(k, 0.0) + v.item() * n
+        bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    return {k: v / max(seen, 1) for k, v in totals.items()}
+
+
+@torch.inference_mode()
+def predict_batches(
+    model: torch.nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    amp: bool = False,
+    flip_tta: bool = False,
+    progress: bool = True,
+    desc: str = "predict",
+) -> dict[str, np.ndarray]:
+    """Run the model over ``loader``; returns ``{"index", "age", "p_female"}`` arrays (unreadable items absent).
+
+    ``flip_tta`` averages the outputs for the image and its mirror image.
+    """
+    model.eval()
+    idx, ages, probs = [], [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
+        if batch is None:
+            continue
+        images, _, index = batch
+        images = images.to(device, non_blocking=True)
+        with autocast(device, amp):
+            out = model(images)
+            age, logit = out["age"].float(), out["gender_logit"].float()
+            if flip_tta:
+                out_f = model(torch.flip(images, dims=[3]))
+                age = (age + out_f["age"].float()) / 2
+                logit = (logit + out_f["gender_logit"].float()) / 2
+        idx.append(index.numpy())
+        ages.append(age.cpu().numpy())
+        probs.append(torch.sigmoid(logit).cpu().numpy())
+    if not idx:
+        return {"index": np.zeros(0, int), "age": np.zeros(0), "p_female": np.zeros(0)}
+    return {"index": np.concatenate(idx), "age": np.concatenate(ages), "p_female": np.concatenate(probs)}

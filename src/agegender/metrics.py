@@ -1,0 +1,114 @@
+"""Evaluation figures: age MAE/RMSE/CS@5, gender accuracy/MAE/AUC, and the same per group."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from agegender.data import AGE_BUCKETS, GENDERS, RACES, age_bucket
+
+
+def age_mae(pred: np.ndarray, true: np.ndarray) -> float:
+    """Mean absolute error in years.
+
+    >>> age_mae(np.array([10.0, 20.0]), np.array([12.0, 17.0]))
+    2.5
+    """
+    return float(np.mean(np.abs(np.asarray(pred, float) - np.asarray(true, float))))
+
+
+def age_rmse(pred: np.ndarray, true: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(pred, float) - np.asarray(true, float)) ** 2)))
+
+
+def cumulative_score(pred: np.ndarray, true: np.ndarray, years: float = 5.0) -> float:
+    """Percentage of predictions within ``years`` of the truth (CS@5 by default).
+
+    >>> cumulative_score(np.array([10, 20, 30, 40.0]), np.array([15, 26, 30, 44.9]))
+    75.0
+    """
+    return float(100.0 * np.mean(np.abs(np.asarray(pred, float) - np.asarray(true, float)) <= years))
+
+
+def gender_accuracy(p_female: np.ndarray, gender: np.ndarray) -> float:
+    """Share (0-1) of correct decisions at threshold 0.5."""
+    return float(np.mean((np.asarray(p_female) >= 0.5).astype(int) == np.asarray(gender).astype(int)))
+
+
+def gender_mae(p_female: np.ndarray, gender: np.ndarray) -> float:
+    """The reference's metric: mean |p_female - label|.
+
+    >>> gender_mae(np.array([0.9, 0.2]), np.array([1, 1]))
+    0.45
+    """
+    return float(np.mean(np.abs(np.asarray(p_female, float) - np.asarray(gender, float))))
+
+
+def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
+    """Area under the ROC curve via the rank-sum statistic (ties count half); NaN with one class only.
+
+    >>> roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+    0.75
+    """
+    score, label = np.asarray(score, float), np.asarray(label).astype(int)
+    n_pos, n_neg = int(label.sum()), int((1 - label).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(score).rank(method="average").to_numpy()
+    return float((ranks[label == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def summarize(age_pred: np.ndarray, age_true: np.ndarray, p_female: np.ndarray, gender_true: np.ndarray) -> dict:
+    """All headline figures for one set of predictions; age or gender entries may be NaN (unknown labels)."""
+    age_pred, age_true = np.asarray(age_pred, float), np.asarray(age_true, float)
+    p_female, gender_true = np.asarray(p_female, float), np.asarray(gender_true, float)
+    out: dict = {"n": int(len(age_pred))}
+    a = ~np.isnan(age_true)
+    if a.any():
+        err = age_pred[a] - age_true[a]
+        out |= {
+            "age_mae": age_mae(age_pred[a], age_true[a]),
+            "age_rmse": age_rmse(age_pred[a], age_true[a]),
+            "age_bias": float(np.mean(err)),  # mean signed error: > 0 means the model guesses too old
+            "cs5": cumulative_score(age_pred[a], age_true[a], 5.0),
+        }
+    g = ~np.isnan(gender_true)
+    if g.any():
+        out |= {
+            "gender_accuracy": gender_accuracy(p_female[g], gender_true[g]),
+            "gender_mae": gender_mae(p_female[g], gender_true[g]),
+            "gender_auc": roc_auc(p_female[g], gender_true[g]),
+        }
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+
+
+def report(df: pd.DataFrame) -> dict:
+    """Headline figures plus ``groups`` by age bucket, gender and race.
+
+    ``df`` columns: ``age_true, gender_true, race, age_pred, p_female`` (race may be missing or NaN).
+    """
+
+    def fig(part: pd.DataFrame) -> dict:
+        return summarize(part["age_pred"], part["age_true"], part["p_female"], part["gender_true"])
+
+    out = fig(df)
+    groups: dict[str, dict] = {"age": {}, "gender": {}, "race": {}}
+    buckets = df["age_true"].map(lambda a: age_bucket(a) if not pd.isna(a) else None)
+    for lo, hi in AGE_BUCKETS:
+        name = f"{lo}+" if hi >= 200 else f"{lo}-{hi}"
+        part = df[buckets == name]
+        if len(part):
+            groups["age"][name] = fig(part)
+    for code, name in enumerate(GENDERS):
+        part = df[df["gender_true"] == code]
+        if len(part):
+            groups["gender"][name] = fig(part)
+    if "race" in df:
+        for code, name in enumerate(RACES):
+            part = df[df["race"] == code]
+            if len(part):
+                groups["race"][name] = fig(part)
+    out["groups"] = groups
+    return out

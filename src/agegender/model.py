@@ -1,0 +1,175 @@
+"""The multi-task network: a torchvision backbone with an age head and a gender head.
+
+``forward`` returns named outputs, never positions::
+
+    {"age": years [B], "age_norm": normalised age [B], "gender_logit": [B]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0")
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pre-trained weights that are missing, corrupt or do not fit the backbone."""
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network; saved inside every checkpoint."""
+
+    backbone: str = "resnet18"
+    head_hidden: int = 256
+    dropout: float = 0.2
+    image_size: int = 112
+    crop_pct: float = 0.9
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # The age head predicts (age - age_mean) / age_std; the network returns years as well.
+    age_mean: float = 33.0
+    age_std: float = 20.0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+        if self.age_std <= 0:
+            raise ValueError(f"age_std must be > 0, got {self.age_std}")
+        self.mean = tuple(float(x) for x in self.mean)
+        self.std = tuple(float(x) for x in self.std)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"model config has unknown keys {sorted(unknown)} (written by a newer agegender?)")
+        return cls(**d)
+
+
+def _hub_checkpoint_path(url: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def _check_hash_prefix(path: Path) -> None:
+    """torchvision file names embed a sha256 prefix (``name-<prefix>.pth``); torch.hub checks it only at
+    download time, so a cached file that was damaged or replaced later would load silently."""
+    m = re.search(r"-([0-9a-f]{6,})\.pth$", path.name)
+    if m is None:
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if not h.hexdigest().startswith(m[1]):
+        raise PretrainedWeightsError(
+            f"cached weights {path} fail their checksum (sha256 {h.hexdigest()[:16]}..., expected prefix {m[1]}). "
+            f"The file is damaged or not the official one: delete it and run again online to download it afresh, "
+            f"or put the genuine file there."
+        )
+
+
+def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights (IMAGENET1K_V1, which every supported backbone has) for ``name``:
+    the cached file after a checksum check, else a download."""
+    weights = torchvision.models.get_model_weights(name)["IMAGENET1K_V1"]
+    cached = _hub_checkpoint_path(weights.url)
+    if cached.exists():
+        _check_hash_prefix(cached)
+        log.info("loading ImageNet weights from %s", cached)
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    log.info("downloading ImageNet weights %s to %s", weights.url, cached.parent)
+    try:
+        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", check_hash=True, progress=True)
+    except Exception as e:  # noqa: BLE001 - any network failure gets the same advice
+        raise PretrainedWeightsError(
+            f"could not download ImageNet weights for {name} from {weights.url} ({e}). Offline, place the file at "
+            f"{cached} or use --pretrained none / --pretrained PATH."
+        ) from e
+
+
+def create_backbone(name: str, pretrained: str | None = None) -> tuple[nn.Module, int]:
+    """A torchvision classifier with its classification layer removed.
+
+    ``pretrained``: ``None``/``"none"`` (random init), ``"imagenet"``, or a path to a state dict of the
+    torchvision model. Returns ``(module, num_features)``; the module maps ``[B, 3, H, W]`` to ``[B, F]``.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    net = torchvision.models.get_model(name, weights=None)
+    if pretrained not in (None, "none"):
+        if pretrained == "imagenet":
+            state = imagenet_state_dict(name)
+        else:
+            path = Path(pretrained)
+            if not path.is_file():
+                raise PretrainedWeightsError(f"--pretrained {pretrained}: no such file (use none, imagenet or a path)")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise PretrainedWeightsError(f"weights {pretrained} do not fit {name}: {str(e)[:500]}") from e
+    if name.startswith("resnet"):
+        num_features = net.fc.in_features
+        net.fc = nn.Identity()
+    else:
+        # mobilenet_v2 / efficientnet_b0: Dropout + Linear; mobilenet_v3_large: Linear-Hardswish-Dropout-Linear.
+        # The pooled feature vector is what enters the classifier.
+        first = next(m for m in net.classifier.modules() if isinstance(m, nn.Linear))
+        num_features = first.in_features
+        net.classifier = nn.Identity()
+    return net, num_features
+
+
+def _head(in_features: int, hidden: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, 1)
+    )
+
+
+class AgeGenderNet(nn.Module):
+    """Backbone + age head (one neuron, normalised years) + gender head (one logit, p_female = sigmoid).
+
+    >>> net = AgeGenderNet(ModelConfig(backbone="resnet18", image_size=32)).eval()
+    >>> out = net(torch.zeros(2, 3, 32, 32))
+    >>> sorted(out), tuple(out["age"].shape)
+    (['age', 'age_norm', 'gender_logit'], (2,))
+    """
+
+    def __init__(self, config: ModelConfig, pretrained: str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone, nf = create_backbone(config.backbone, pretrained)
+        self.age_head = _head(nf, config.head_hidden, config.dropout)
+        self.gender_head = _head(nf, config.head_hidden, config.dropout)
+        self.register_buffer("age_mean", torch.tensor(float(config.age_mean)), persistent=False)
+        self.register_buffer("age_std", torch.tensor(float(config.age_std)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``x``: ``[B, 3, H, W]`` normalised images -> dict of ``[B]`` tensors."""
+        feats = self.backbone(x)
+        age_norm = self.age_head(feats).squeeze(-1)
+        return {
+            "age": age_norm * self.age_std + self.age_mean,
+            "age_norm": age_norm,
+            "gender_logit": self.gender_head(feats).squeeze(-1),
+        }

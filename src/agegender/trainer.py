@@ -1,0 +1,226 @@
+"""A training run: data, split, model, optimiser and schedule wired together, with checkpoints and resume.
+
+Writes into the run folder: ``config.yaml`` (resolved), ``split.csv``, ``metrics.csv``, ``curves.png``,
+``last.pt`` (every epoch, with optimiser state for ``--resume``) and ``best.pt`` (lowest validation age MAE).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from agegender import data as D
+from agegender.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from agegender.config import TrainConfig
+from agegender.engine import predict_batches, resolve_device, train_one_epoch
+from agegender.losses import MultiTaskLoss
+from agegender.metrics import summarize
+from agegender.model import AgeGenderNet, ModelConfig
+from agegender.plots import training_curves
+from agegender.transforms import PresetConfig, eval_preset, train_preset
+
+log = logging.getLogger(__name__)
+
+
+def default_workers(requested: int) -> int:
+    if requested >= 0:
+        return requested
+    # Leave the main process a core: on small machines it does the model's work.
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_loader(dataset: D.FaceDataset, batch_size: int, shuffle: bool, workers: int, device: torch.device,
+                seed: int = 0) -> DataLoader:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=D.collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        drop_last=shuffle and len(dataset) > batch_size,
+        generator=g,
+    )
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Per-step schedule: linear warm-up, then cosine decay (or one-cycle, or constant)."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "none":
+            return 1.0
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class RunPaths:
+    """The files of one run folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.best, self.last = root / "best.pt", root / "last.pt"
+        self.config, self.split = root / "config.yaml", root / "split.csv"
+        self.metrics, self.curves = root / "metrics.csv", root / "curves.png"
+
+
+def _limit(records: list[D.Record], limit: int, seed: int) -> list[D.Record]:
+    if not limit or limit >= len(records):
+        return records
+    # A seeded, name-keyed subset, so repeated quick runs see the same images.
+    keyed = sorted(records, key=lambda r: D._hash01(seed + 1, r.file))
+    return sorted(keyed[:limit], key=lambda r: r.file)
+
+
+def _resume_config(cfg: TrainConfig, given: dict, saved: dict) -> TrainConfig:
+    """The run's own config, with only ``epochs`` (and where the data lives) allowed to change on resume."""
+    merged = dict(saved)
+    for key, value in given.items():
+        if value is None or key in ("data", "out", "epochs", "num_workers", "device"):
+            continue
+        if key in merged and merged[key] != value:
+            raise ValueError(f"--resume: {key}={value!r} differs from the run being resumed ({merged[key]!r})")
+    merged.update(data=cfg.data, out=cfg.out, num_workers=cfg.num_workers, device=cfg.device)
+    if given.get("epochs") is not None:
+        merged["epochs"] = given["epochs"]
+    return TrainConfig(**merged).validate()
+
+
+def fit(cfg: TrainConfig, resume: bool = False, given: dict | None = None, progress: bool = True) -> dict:
+    """Train according to ``cfg``; returns the final training summary (also saved in the checkpoints)."""
+    run = RunPaths(Path(cfg.out))
+    run.root.mkdir(parents=True, exist_ok=True)
+    ckpt = None
+    if resume:
+        if not run.last.exists():
+            raise FileNotFoundError(f"--resume: no {run.last} to resume from")
+        ckpt = load_checkpoint(run.last)
+        cfg = _resume_config(cfg, given or {}, ckpt["training"]["config"])
+        log.info("resuming %s from epoch %d", run.root, ckpt["training"]["epoch"])
+    cfg.save(run.config)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+
+    scan = D.scan_utkface(cfg.data)
+    records = _limit(scan.records, cfg.limit, cfg.seed)
+    if resume and run.split.exists():
+        split = D.read_split(run.split)
+    else:
+        split = D.stratified_split(records, D.parse_split(cfg.split), cfg.seed)
+        D.write_split(run.split, split)
+    train_recs, val_recs = D.select(records, split, "train"), D.select(records, split, "val")
+    if not train_recs:
+        raise D.DataError("the training subset is empty: use more images or a larger train fraction")
+    if not val_recs:
+        log.warning("no validation subset (split %s): best.pt will be the last epoch's model", cfg.split)
+    counts = {s: sum(1 for v in split.values() if v == s) for s in D.SUBSETS}
+    log.info("split %s: %s; device %s", cfg.split, counts, device)
+
+    ages = np.array([r.age for r in train_recs], float)
+    mcfg = ModelConfig(
+        backbone=cfg.backbone, head_hidden=cfg.head_hidden, dropout=cfg.dropout, image_size=cfg.image_size,
+        crop_pct=cfg.crop_pct, age_mean=float(ages.mean()), age_std=float(max(ages.std(), 1.0)),
+    )
+    if ckpt is not None:
+        mcfg = ModelConfig.from_dict(dict(ckpt["model_config"]))
+    model = AgeGenderNet(mcfg, pretrained=None if ckpt is not None else cfg.pretrained).to(device)
+    preset = PresetConfig(mcfg.image_size, mcfg.crop_pct, mcfg.mean, mcfg.std)
+
+    workers = default_workers(cfg.num_workers)
+    train_loader = make_loader(D.FaceDataset(cfg.data, train_recs, train_preset(preset, cfg.augment)),
+                               cfg.batch_size, True, workers, device, cfg.seed)
+    val_loader = make_loader(D.FaceDataset(cfg.data, val_recs, eval_preset(preset)),
+                             cfg.batch_size * 2, False, workers, device) if val_recs else None
+
+    loss_fn = MultiTaskLoss(mcfg.age_mean, mcfg.age_std, cfg.age_loss, cfg.age_weight, cfg.gender_weight)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, len(train_loader))
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+
+    history: list[dict] = []
+    start_epoch, best_mae = 1, math.inf
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        scheduler.load_state_dict(ckpt["scheduler_state"])
+        if "scaler_state" in ckpt:
+            scaler.load_state_dict(ckpt["scaler_state"])
+        torch.set_rng_state(ckpt["rng_state"])
+        history = list(ckpt["training"].get("history", []))
+        start_epoch = int(ckpt["training"]["epoch"]) + 1
+        best_mae = float(ckpt["training"].get("best_val_age_mae", math.inf))
+
+    fingerprint = D.data_fingerprint(cfg.data, records)
+    training = {}
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        # Re-seeding per epoch makes a resumed run shuffle exactly as an uninterrupted one would.
+        train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
+        t0 = time.time()
+        losses = train_one_epoch(model, train_loader, loss_fn, optimizer, device, epoch, scheduler, scaler,
+                                 use_amp, cfg.grad_clip, progress)
+        row = {"epoch": epoch, "train_loss": losses.get("loss", math.nan),
+               "train_age_loss": losses.get("age_loss", math.nan),
+               "train_gender_loss": losses.get("gender_loss", math.nan), "lr": optimizer.param_groups[0]["lr"]}
+        if val_loader is not None:
+            out = predict_batches(model, val_loader, device, use_amp, progress=progress, desc=f"epoch {epoch} val")
+            recs = [val_recs[i] for i in out["index"]]
+            m = summarize(out["age"], [r.age for r in recs], out["p_female"], [r.gender for r in recs])
+            row |= {"val_age_mae": m["age_mae"], "val_cs5": m["cs5"], "val_gender_accuracy": m["gender_accuracy"],
+                    "val_gender_mae": m["gender_mae"]}
+        row["seconds"] = round(time.time() - t0, 1)
+        history.append(row)
+        is_best = val_loader is None or row["val_age_mae"] < best_mae
+        if val_loader is not None:
+            best_mae = min(best_mae, row["val_age_mae"])
+        log.info("epoch %d/%d  %s", epoch, cfg.epochs,
+                 "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)))
+
+        training = {
+            "epoch": epoch, "config": cfg.to_dict(), "data_fingerprint": fingerprint, "metrics": row,
+            "best_val_age_mae": best_mae if math.isfinite(best_mae) else None, "history": history,
+            "split": {"file": run.split.name, "fractions": cfg.split, "seed": cfg.seed, "counts": counts},
+            "torch_version": str(torch.__version__),
+        }
+        # best.pt first: a crash between the two writes then loses no improvement.
+        if is_best:
+            save_checkpoint(make_checkpoint(model, training), run.best)
+        save_checkpoint(make_checkpoint(
+            model, training, optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
+            scaler_state=scaler.state_dict(), rng_state=torch.get_rng_state()), run.last)
+        hist = pd.DataFrame(history)
+        tmp = run.metrics.with_suffix(".csv.tmp")
+        hist.to_csv(tmp, index=False)
+        os.replace(tmp, run.metrics)
+        training_curves(hist, run.curves)
+    return training
