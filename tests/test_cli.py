@@ -80,7 +80,11 @@ def test_evaluate_a_subset_writes_report_predictions_and_plots(trained_run: Path
     assert sum(g["n"] for g in report["groups"]["age"].values()) == n_test
     assert sum(g["n"] for g in report["groups"]["gender"].values()) == n_test
     preds = pd.read_csv(preds_path)
-    assert list(preds.columns) == ["file", "age_true", "gender_true", "race", "age_pred", "p_female"]
+    assert list(preds.columns)[:6] == ["file", "age_true", "gender_true", "race", "age_pred", "p_female"]
+    # the run had a validation subset, so its best.pt carries a calibrated interval
+    assert (preds["age_low"] <= preds["age_pred"]).all() and (preds["age_pred"] <= preds["age_high"]).all()
+    assert 0 <= report["age_interval"]["coverage"] <= 1 and report["age_interval"]["target_coverage"] == 0.8
+    assert 0 <= report["gender_ece"] <= 0.5
     assert len(preds) == n_test and preds["p_female"].between(0, 1).all()
     # the report's MAE is the MAE of the predictions file
     assert report["age_mae"] == pytest.approx((preds["age_pred"] - preds["age_true"]).abs().mean(), abs=1e-3)

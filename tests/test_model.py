@@ -20,12 +20,26 @@ def test_every_backbone_random_init_named_outputs(name: str) -> None:
     net = AgeGenderNet(ModelConfig(backbone=name, image_size=64, age_mean=30.0, age_std=15.0)).eval()
     with torch.no_grad():
         out = net(torch.randn(3, 3, 64, 64))
-    assert set(out) == {"age", "age_norm", "gender_logit"}
+    assert set(out) == {"age", "age_norm", "age_sigma", "gender_logit"}
     for value in out.values():
         assert value.shape == (3,)
         assert torch.isfinite(value).all()
     # years = normalised * std + mean, the normalisation the checkpoint records
     torch.testing.assert_close(out["age"], out["age_norm"] * 15.0 + 30.0)
+
+
+def test_label_distribution_head_outputs_expectation_and_spread() -> None:
+    torch.manual_seed(0)
+    net = AgeGenderNet(ModelConfig(backbone="mobilenet_v2", image_size=64, age_head="dldl", max_age=100)).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 64, 64))
+    assert set(out) == {"age", "age_sigma", "age_logits", "gender_logit"}
+    assert out["age_logits"].shape == (2, 101)
+    p = torch.softmax(out["age_logits"], -1)
+    ages = torch.arange(101.0)
+    torch.testing.assert_close(out["age"], (p * ages).sum(-1))
+    torch.testing.assert_close(out["age_sigma"] ** 2, (p * (ages - out["age"][:, None]) ** 2).sum(-1))
+    assert ((out["age"] >= 0) & (out["age"] <= 100)).all()
 
 
 def test_backward_reaches_both_heads_and_backbone() -> None:

@@ -28,6 +28,58 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
 
 
+TRAIN_HELP = {
+    "data": "UTKFace folder (flat, or Kaggle's nested utkcropped/utkcropped)",
+    "out": "run folder to write",
+    "backbone": "resnet18 (the reference), resnet34, resnet50, mobilenet_v2, mobilenet_v3_large, efficientnet_b0",
+    "pretrained": "none | imagenet (torchvision's weights: downloaded once, then read from torch's cache) | PATH",
+    "image_size": "input side in pixels",
+    "crop_pct": "share of the resized image kept by the crop",
+    "head_hidden": "hidden units of each head",
+    "dropout": "dropout in each head",
+    "epochs": "number of epochs",
+    "batch_size": "mini-batch size",
+    "lr": "peak learning rate",
+    "weight_decay": "weight decay",
+    "optimizer": "adam (the reference) or adamw",
+    "schedule": "learning-rate schedule per step: none, cosine or onecycle",
+    "warmup_epochs": "linear warm-up length in epochs (cosine and none)",
+    "age_loss": "mse (the reference), l1, smooth_l1, or dldl (a softmax over ages 0-100, label-distribution "
+    "learning)",
+    "age_weight": "weight of the age loss",
+    "gender_weight": "weight of the gender loss",
+    "augment": "colour-jitter strength (0 keeps only random crop and flip)",
+    "split": "train,val,test fractions; the reference used 0.8,0,0.2",
+    "seed": "seed of the split, initialisation and shuffling",
+    "limit": "use at most N images, 0 = all (quick trials)",
+    "num_workers": "data-loading processes, -1 = cores - 1",
+    "device": "auto, cpu, cuda, cuda:1, mps",
+    "amp": "mixed precision on CUDA",
+    "grad_clip": "clip the gradient norm to this, 0 = off",
+    "ema": "decay of an exponential moving average of the weights (e.g. 0.999), 0 = off",
+    "flip_tta": "validate, calibrate and predict on the image and its mirror image",
+    "interval_coverage": "share of true ages the predicted age interval should hold",
+}
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; a flag's default is None so that only flags given override the YAML."""
+    from dataclasses import MISSING, fields
+
+    from agegender.config import TrainConfig
+
+    for f in fields(TrainConfig):
+        default = f.default if f.default is not MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        shown = f" (default {default})" if default not in ("", None) else ""
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=TRAIN_HELP[f.name] + shown)
+        else:
+            p.add_argument(flag, type=type(default), default=None, metavar=f.name.upper(),
+                           help=TRAIN_HELP[f.name] + shown)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agegender",
@@ -40,29 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train on a UTKFace folder. Defaults come from the built-in config, then "
                        "--config YAML, then the flags given here. Writes best.pt, last.pt, config.yaml, "
                        "metrics.csv, split.csv and curves.png into --out.")
-    t.add_argument("--data", help="UTKFace folder (flat, or Kaggle's nested utkcropped/utkcropped)")
-    t.add_argument("--out", help="run folder to write")
-    t.add_argument("--config", help="YAML file of options (keys as the flags, with _ for -)")
-    t.add_argument("--backbone", help="resnet18 (default), resnet34, resnet50, mobilenet_v2, mobilenet_v3_large, "
-                   "efficientnet_b0")
-    t.add_argument("--pretrained", help="none | imagenet (default; downloads or uses torch's cache) | PATH")
-    t.add_argument("--image-size", type=int, help="input side in pixels (default 112)")
-    t.add_argument("--epochs", type=int, help="epochs (default 10)")
-    t.add_argument("--batch-size", type=int, help="mini-batch size (default 64)")
-    t.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    t.add_argument("--age-loss", choices=["mse", "l1", "smooth_l1"], help="age loss (default mse, the reference)")
-    t.add_argument("--split", help="train,val,test fractions (default 0.8,0.1,0.1; the reference: 0.8,0,0.2)")
-    t.add_argument("--limit", type=int, help="use at most N images (a quick trial)")
-    t.add_argument("--num-workers", type=int, help="data-loading processes (default: cores - 1)")
-    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
-    t.add_argument("--seed", type=int, help="seed for the split, initialisation and shuffling (default 0)")
+    t.add_argument("--config", help="YAML file of options (keys as in a run's config.yaml)")
+    _add_train_options(t)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     _add_common(t)
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on labelled images",
                        description="Evaluate on a UTKFace folder (all valid images, or one subset of a split "
                        "file). Writes REPORT.json, PREDS.csv and two plots beside REPORT.json.")
-    e.add_argument("--model", required=True, help="checkpoint (best.pt)")
+    e.add_argument("--model", help="checkpoint (default: the bundled model)")
     e.add_argument("--data", required=True, help="UTKFace folder")
     e.add_argument("--split-file", help="a run's split.csv, to evaluate one subset")
     e.add_argument("--subset", default="test", choices=["train", "val", "test"], help="subset (default test)")
@@ -71,18 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--num-workers", type=int, default=-1)
     e.add_argument("--device", default="auto")
-    e.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the mirrored image (default: as the checkpoint was calibrated)")
     _add_common(e)
 
     p = sub.add_parser("predict", help="predict age and gender for face crops",
                        description="Predict for face crops (files, or folders searched recursively). "
                        "Writes CSV or JSON by the extension of --out.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("--model", required=True, help="checkpoint (best.pt)")
+    p.add_argument("--model", help="checkpoint (default: the bundled model)")
     p.add_argument("--out", required=True, help="PREDS.csv or PREDS.json")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the mirrored image (default: as the checkpoint was calibrated)")
     _add_common(p)
     return parser
 
@@ -109,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
     from agegender.config import TrainConfig
     from agegender.trainer import fit
 
-    names = ["data", "out", "backbone", "pretrained", "image_size", "epochs", "batch_size", "lr", "age_loss",
-             "split", "limit", "num_workers", "device", "seed"]
-    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     if args.resume and args.out and not args.config and (Path(args.out) / "config.yaml").exists():
         args.config = str(Path(args.out) / "config.yaml")
     cfg = TrainConfig.from_sources(args.config, given)
@@ -128,12 +168,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from agegender import data as D
     from agegender.engine import predict_batches
-    from agegender.metrics import report
+    from agegender.metrics import age_interval, expected_calibration_error, interval_coverage, report
     from agegender.plots import age_scatter, mae_by_bucket
-    from agegender.predictor import Predictor
+    from agegender.predictor import Predictor, resolve_model_path
     from agegender.trainer import default_workers, make_loader
 
-    predictor = Predictor.from_checkpoint(args.model, device=args.device)
+    model_path = resolve_model_path(args.model)
+    predictor = Predictor.from_checkpoint(model_path, device=args.device, flip_tta=args.tta)
     records = D.scan_utkface(args.data).records
     scope = "all labelled images"
     if args.split_file:
@@ -147,7 +188,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise D.DataError(f"no image of {scope} found in {args.data}")
     ds = D.FaceDataset(args.data, records, predictor.transform)
     loader = make_loader(ds, args.batch_size, False, default_workers(args.num_workers), predictor.device)
-    out = predict_batches(predictor.model, loader, predictor.device, flip_tta=args.tta, progress=not args.quiet,
+    out = predict_batches(predictor.model, loader, predictor.device, flip_tta=predictor.flip_tta,
+                          progress=not args.quiet,
                           desc="evaluate")
     recs = [records[i] for i in out["index"]]
     df = pd.DataFrame({
@@ -156,8 +198,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     })
     if df.empty:
         raise D.DataError(f"none of the {len(records)} images of {scope} could be read")
+    if predictor.interval_scale is not None:
+        low, high = age_interval(out["age"], out["age_sigma"], predictor.interval_scale)
+        df["age_low"], df["age_high"] = low.round(3), high.round(3)
     rep = report(df)
-    rep["meta"] = {"model": str(args.model), "data": str(args.data), "scope": scope, "tta": args.tta,
+    rep["gender_ece"] = expected_calibration_error(df["p_female"], df["gender_true"])
+    if "age_low" in df:
+        rep["age_interval"] = {
+            "target_coverage": predictor.interval_coverage,
+            "coverage": interval_coverage(df["age_low"], df["age_high"], df["age_true"]),
+            "mean_width": float((df["age_high"] - df["age_low"]).mean()),
+        }
+    rep["meta"] = {"model": str(model_path), "data": str(args.data), "scope": scope, "tta": predictor.flip_tta,
                    "unreadable": len(records) - len(df)}
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,17 +245,21 @@ def _expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]
     return files, errors
 
 
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import pandas as pd
     from tqdm.auto import tqdm
 
     from agegender.images import ImageReadError, open_image
-    from agegender.predictor import Predictor
+    from agegender.predictor import Predictor, resolve_model_path
 
     out_path = Path(args.out)
     if out_path.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out must end in .csv or .json, got {out_path.name}")
-    predictor = Predictor.from_checkpoint(args.model, device=args.device, flip_tta=args.tta)
+    predictor = Predictor.from_checkpoint(resolve_model_path(args.model), device=args.device, flip_tta=args.tta)
     files, errors = _expand_inputs(args.inputs)
     rows: list[dict] = []
     bar = tqdm(total=len(files), desc="predict", disable=True if args.quiet else None, dynamic_ncols=True)
@@ -216,7 +272,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             except ImageReadError as e:
                 errors.append((str(f), str(e)))
         for f, pred in zip(chunk, predictor.predict(images, args.batch_size) if images else [], strict=True):
-            rows.append({"file": str(f), "age": round(pred.age, 2), "gender": pred.gender,
+            rows.append({"file": str(f), "age": round(pred.age, 2), "age_low": _round(pred.age_low),
+                         "age_high": _round(pred.age_high), "gender": pred.gender,
                          "p_female": round(pred.p_female, 5), "error": ""})
         bar.update(len(files[start : start + args.batch_size]))
     bar.close()
@@ -227,7 +284,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out_path.suffix.lower() == ".json":
         out_path.write_text(json.dumps(rows, indent=2))
     else:
-        pd.DataFrame(rows, columns=["file", "age", "gender", "p_female", "error"]).to_csv(out_path, index=False)
+        columns = ["file", "age", "age_low", "age_high", "gender", "p_female", "error"]
+        pd.DataFrame(rows, columns=columns).to_csv(out_path, index=False)
     log.info("%d images predicted, %d unreadable -> %s", len(rows) - len(errors), len(errors), out_path)
     return EXIT_PARTIAL if errors else EXIT_OK
 

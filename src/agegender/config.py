@@ -15,6 +15,23 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle")
 
 
+def _coerce(key: str, value: object, kind: type) -> object:
+    """YAML reads ``1e-4`` as a string and users write ``epochs: "5"``: convert to the option's type."""
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    try:
+        if kind is bool:
+            raise TypeError
+        if kind is int:
+            f = float(value)
+            if not f.is_integer():
+                raise TypeError
+            return int(f)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"option {key}: expected {kind.__name__}, got {value!r}") from None
+
+
 @dataclass
 class TrainConfig:
     data: str = ""
@@ -43,6 +60,9 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision, on CUDA only
     grad_clip: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
+    flip_tta: bool = False  # validate (and predict by default) on the image and its mirror image
+    interval_coverage: float = 0.8  # share of true ages the predicted age interval should hold
 
     def validate(self) -> TrainConfig:
         def need(cond: bool, msg: str) -> None:
@@ -61,6 +81,8 @@ class TrainConfig:
         need(self.image_size >= 16, "--image-size must be >= 16")
         need(0 < self.crop_pct <= 1, "crop_pct must be in (0, 1]")
         need(self.limit >= 0, "--limit must be >= 0")
+        need(0 <= self.ema < 1, "ema must be in [0, 1)")
+        need(0 < self.interval_coverage < 1, "interval_coverage must be in (0, 1)")
         parse_split(self.split)
         return self
 
@@ -81,7 +103,8 @@ class TrainConfig:
             raise ValueError(f"unknown config keys {unknown}; known keys: {', '.join(sorted(known))}")
         if isinstance(values.get("split"), list | tuple):
             values["split"] = ",".join(str(x) for x in values["split"])
-        return cls(**values).validate()
+        types = {f.name: type(f.default) for f in fields(cls)}
+        return cls(**{k: _coerce(k, v, types[k]) for k, v in values.items()}).validate()
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -72,17 +72,20 @@ def parse_utkface_name(name: str) -> tuple[int, int, int]:
     """
     m = _NAME.match(name)
     if m is None:
-        stem = name.split(".jpg")[0] if ".jpg" in name else Path(name).stem
         if any(c.isspace() for c in name):
             raise ValueError("stray whitespace in name")
+        stem = name.split(".jpg")[0] if ".jpg" in name else Path(name).stem
         fields = stem.split("_")
         if len(fields) != 4:
             raise ValueError(
                 f"missing field: expected AGE_GENDER_RACE_DATETIME.jpg[.chip.jpg], got {len(fields)} fields"
             )
-        if not re.search(r"\d\.jpg", name):
-            raise ValueError("missing dot before the extension")
-        raise ValueError("not of the form AGE_GENDER_RACE_DATETIME.jpg[.chip.jpg]")
+        for label, value in zip(("age", "gender", "race", "datetime"), fields, strict=True):
+            if label == "datetime" and re.fullmatch(r"\d+jpg(\.chip)?", value):
+                raise ValueError("missing dot before the extension")
+            if not value.isdigit():
+                raise ValueError(f"non-numeric {label} field {value!r}")
+        raise ValueError("extension must be .jpg or .jpg.chip.jpg")
     age, gender, race = int(m["age"]), int(m["gender"]), int(m["race"])
     if not 0 <= age <= MAX_AGE:
         raise ValueError(f"age {age} outside 0-{MAX_AGE}")

@@ -44,11 +44,12 @@ def train_one_epoch(
     amp: bool = False,
     grad_clip: float = 0.0,
     progress: bool = True,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; ``scheduler`` (if any) steps once per batch.
 
     Batches are ``(images [B,3,H,W], {"age": [B], "gender": [B]}, index [B])`` or ``None`` (all unreadable).
-    Returns the mean of each loss term over the epoch's images.
+    ``ema`` (if any) is updated after every optimiser step. Returns the mean of each loss term.
     """
     model.train()
     totals: dict[str, float] = {}
@@ -82,6 +83,8 @@ def train_one_epoch(
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         if scheduler is not None:
             scheduler.step()
         n = images.shape[0]
@@ -102,12 +105,13 @@ def predict_batches(
     progress: bool = True,
     desc: str = "predict",
 ) -> dict[str, np.ndarray]:
-    """Run the model over ``loader``; returns ``{"index", "age", "p_female"}`` arrays (unreadable items absent).
+    """Run the model over ``loader``; returns ``{"index", "age", "age_sigma", "p_female"}`` arrays
+    (unreadable items absent).
 
     ``flip_tta`` averages the outputs for the image and its mirror image.
     """
     model.eval()
-    idx, ages, probs = [], [], []
+    idx, ages, sigmas, probs = [], [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
         if batch is None:
             continue
@@ -115,14 +119,17 @@ def predict_batches(
         images = images.to(device, non_blocking=True)
         with autocast(device, amp):
             out = model(images)
-            age, logit = out["age"].float(), out["gender_logit"].float()
+            age, sigma, logit = out["age"].float(), out["age_sigma"].float(), out["gender_logit"].float()
             if flip_tta:
                 out_f = model(torch.flip(images, dims=[3]))
                 age = (age + out_f["age"].float()) / 2
+                sigma = (sigma + out_f["age_sigma"].float()) / 2
                 logit = (logit + out_f["gender_logit"].float()) / 2
         idx.append(index.numpy())
         ages.append(age.cpu().numpy())
+        sigmas.append(sigma.cpu().numpy())
         probs.append(torch.sigmoid(logit).cpu().numpy())
     if not idx:
-        return {"index": np.zeros(0, int), "age": np.zeros(0), "p_female": np.zeros(0)}
-    return {"index": np.concatenate(idx), "age": np.concatenate(ages), "p_female": np.concatenate(probs)}
+        return {"index": np.zeros(0, int), "age": np.zeros(0), "age_sigma": np.zeros(0), "p_female": np.zeros(0)}
+    return {"index": np.concatenate(idx), "age": np.concatenate(ages), "age_sigma": np.concatenate(sigmas),
+            "p_female": np.concatenate(probs)}

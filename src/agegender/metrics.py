@@ -112,3 +112,54 @@ def report(df: pd.DataFrame) -> dict:
                 groups["race"][name] = fig(part)
     out["groups"] = groups
     return out
+
+
+def fit_interval_scale(age_pred: np.ndarray, age_sigma: np.ndarray, age_true: np.ndarray,
+                       coverage: float = 0.8) -> float:
+    """Split-conformal scale ``s`` so that ``age ± s * sigma`` holds ``coverage`` of held-out true ages.
+
+    ``sigma`` is the model's own spread per image (1 for a plain regression head), so hard faces get wide
+    intervals and easy ones narrow. Uses the ``ceil((n + 1) * coverage)``-th smallest normalised error
+    (the finite-sample rule).
+
+    >>> fit_interval_scale(np.array([10.0, 20, 30, 40]), np.ones(4), np.array([11.0, 22, 33, 44]), 0.5)
+    3.0
+    """
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage must be in (0, 1), got {coverage}")
+    r = np.abs(np.asarray(age_pred, float) - np.asarray(age_true, float)) / np.asarray(age_sigma, float)
+    if r.size == 0:
+        raise ValueError("need at least one held-out prediction to fit an interval")
+    k = min(r.size, math.ceil((r.size + 1) * coverage))  # the k-th smallest normalised error
+    return float(np.sort(r)[k - 1])
+
+
+def age_interval(age: np.ndarray, sigma: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(low, high)`` = ``age ∓ scale * sigma``, low clipped at 0."""
+    half = scale * np.asarray(sigma, float)
+    return np.clip(np.asarray(age, float) - half, 0, None), np.asarray(age, float) + half
+
+
+def interval_coverage(low: np.ndarray, high: np.ndarray, true: np.ndarray) -> float:
+    """Share (0-1) of true ages inside ``[low, high]``."""
+    true = np.asarray(true, float)
+    return float(np.mean((true >= low) & (true <= high)))
+
+
+def expected_calibration_error(p_female: np.ndarray, gender: np.ndarray, bins: int = 10) -> float:
+    """ECE of the gender decision: confidence max(p, 1-p) vs accuracy, in equal-width bins, weighted by count.
+
+    >>> round(expected_calibration_error(np.array([0.9, 0.9, 0.1, 0.1]), np.array([1, 0, 0, 0])), 3)
+    0.15
+    """
+    p, y = np.asarray(p_female, float), np.asarray(gender, float)
+    conf = np.maximum(p, 1 - p)
+    correct = ((p >= 0.5) == (y == 1)).astype(float)
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            ece += sel.mean() * abs(conf[sel].mean() - correct[sel].mean())
+    return float(ece)

@@ -2,7 +2,9 @@
 
 ``forward`` returns named outputs, never positions::
 
-    {"age": years [B], "age_norm": normalised age [B], "gender_logit": [B]}
+    {"age": years [B], "age_sigma": spread of the age estimate [B], "gender_logit": [B],
+     "age_norm": normalised age [B]         (regression head)
+     "age_logits": one logit per year [B, max_age + 1]  (label-distribution head)}
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+AGE_HEADS = ("regression", "dldl")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0")
 
 
@@ -33,6 +36,10 @@ class ModelConfig:
     backbone: str = "resnet18"
     head_hidden: int = 256
     dropout: float = 0.2
+    # "regression": one neuron (the reference). "dldl": a softmax over ages 0..max_age whose expectation is
+    # the estimate (label-distribution learning); its spread gives each estimate its own uncertainty.
+    age_head: str = "regression"
+    max_age: int = 100
     image_size: int = 112
     crop_pct: float = 0.9
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -45,6 +52,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.age_head not in AGE_HEADS:
+            raise ValueError(f"unknown age head {self.age_head!r}; choose one of {', '.join(AGE_HEADS)}")
+        if self.max_age < 1:
+            raise ValueError(f"max_age must be >= 1, got {self.max_age}")
         if self.image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {self.image_size}")
         if self.age_std <= 0:
@@ -140,36 +151,43 @@ def create_backbone(name: str, pretrained: str | None = None) -> tuple[nn.Module
     return net, num_features
 
 
-def _head(in_features: int, hidden: int, dropout: float) -> nn.Sequential:
+def _head(in_features: int, hidden: int, dropout: float, out: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, 1)
+        nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, out)
     )
 
 
 class AgeGenderNet(nn.Module):
-    """Backbone + age head (one neuron, normalised years) + gender head (one logit, p_female = sigmoid).
+    """Backbone + age head + gender head (one logit, p_female = sigmoid).
 
     >>> net = AgeGenderNet(ModelConfig(backbone="resnet18", image_size=32)).eval()
     >>> out = net(torch.zeros(2, 3, 32, 32))
     >>> sorted(out), tuple(out["age"].shape)
-    (['age', 'age_norm', 'gender_logit'], (2,))
+    (['age', 'age_norm', 'age_sigma', 'gender_logit'], (2,))
     """
 
     def __init__(self, config: ModelConfig, pretrained: str | None = None) -> None:
         super().__init__()
         self.config = config
         self.backbone, nf = create_backbone(config.backbone, pretrained)
-        self.age_head = _head(nf, config.head_hidden, config.dropout)
+        n_age = config.max_age + 1 if config.age_head == "dldl" else 1
+        self.age_head = _head(nf, config.head_hidden, config.dropout, n_age)
         self.gender_head = _head(nf, config.head_hidden, config.dropout)
         self.register_buffer("age_mean", torch.tensor(float(config.age_mean)), persistent=False)
         self.register_buffer("age_std", torch.tensor(float(config.age_std)), persistent=False)
+        self.register_buffer("ages", torch.arange(n_age, dtype=torch.float32), persistent=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``x``: ``[B, 3, H, W]`` normalised images -> dict of ``[B]`` tensors."""
+        """``x``: ``[B, 3, H, W]`` normalised images -> dict of named outputs (see the module docstring)."""
         feats = self.backbone(x)
+        gender_logit = self.gender_head(feats).squeeze(-1)
+        if self.config.age_head == "dldl":
+            logits = self.age_head(feats).float()
+            p = torch.softmax(logits, dim=-1)
+            age = (p * self.ages).sum(-1)
+            var = (p * (self.ages - age.unsqueeze(-1)) ** 2).sum(-1)
+            return {"age": age, "age_sigma": var.clamp_min(1e-6).sqrt(), "age_logits": logits,
+                    "gender_logit": gender_logit}
         age_norm = self.age_head(feats).squeeze(-1)
-        return {
-            "age": age_norm * self.age_std + self.age_mean,
-            "age_norm": age_norm,
-            "gender_logit": self.gender_head(feats).squeeze(-1),
-        }
+        return {"age": age_norm * self.age_std + self.age_mean, "age_sigma": torch.ones_like(age_norm),
+                "age_norm": age_norm, "gender_logit": gender_logit}

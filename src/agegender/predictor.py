@@ -14,19 +14,37 @@ from agegender.checkpoint import load_model
 from agegender.data import GENDERS
 from agegender.engine import resolve_device
 from agegender.images import open_image
+from agegender.metrics import age_interval
 from agegender.model import AgeGenderNet
 from agegender.transforms import PresetConfig, eval_preset
 
 ImageInput = Image.Image | str | Path | bytes | np.ndarray
 
+# The model that ships inside the package (see MODEL_CARD.md); used wherever no checkpoint is named.
+BUNDLED_MODEL = Path(__file__).with_name("default_model.pt")
+
+
+def resolve_model_path(path: str | Path | None) -> Path:
+    """``path``, or the bundled model when ``path`` is None."""
+    if path is not None:
+        return Path(path)
+    if not BUNDLED_MODEL.is_file():
+        from agegender.checkpoint import CheckpointError
+
+        raise CheckpointError(f"this installation has no bundled model ({BUNDLED_MODEL}); pass --model CKPT")
+    return BUNDLED_MODEL
+
 
 @dataclass(frozen=True)
 class Prediction:
-    """Age in years, the decided gender (``"male"``/``"female"``) and the probability of female."""
+    """Age in years with its interval (``None`` for a model without interval calibration), the decided
+    gender (``"male"``/``"female"``) and the probability of female."""
 
     age: float
     gender: str
     p_female: float
+    age_low: float | None = None
+    age_high: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,19 +71,30 @@ class Predictor:
     ['Prediction']
     """
 
-    def __init__(self, model: AgeGenderNet, device: str | torch.device = "cpu", flip_tta: bool = False,
+    def __init__(self, model: AgeGenderNet, device: str | torch.device = "cpu", flip_tta: bool | None = None,
                  checkpoint: dict | None = None) -> None:
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         cfg = model.config
         self.transform = eval_preset(PresetConfig(cfg.image_size, cfg.crop_pct, cfg.mean, cfg.std))
-        self.flip_tta = flip_tta
-        self.checkpoint_info = {k: v for k, v in (checkpoint or {}).items() if k not in ("model_state",)}
+        ckpt = checkpoint or {}
+        # The checkpoint says how it was validated and calibrated (mirror averaging or not); follow it
+        # unless told otherwise, so the interval keeps its calibrated coverage.
+        self.flip_tta = bool(ckpt.get("inference", {}).get("flip_tta", False)) if flip_tta is None else flip_tta
+        interval = ckpt.get("calibration", {}).get("age_interval")
+        self.interval_scale: float | None = interval["scale"] if interval else None
+        self.interval_coverage: float | None = interval["coverage"] if interval else None
+        self.checkpoint_info = {k: v for k, v in ckpt.items() if not k.endswith("_state")}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", flip_tta: bool = False) -> Predictor:
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", flip_tta: bool | None = None) -> Predictor:
         model, ckpt = load_model(path)
         return cls(model, device=device, flip_tta=flip_tta, checkpoint=ckpt)
+
+    @classmethod
+    def default(cls, device: str = "cpu") -> Predictor:
+        """The bundled model (``agegender/default_model.pt``)."""
+        return cls.from_checkpoint(resolve_model_path(None), device=device)
 
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Images -> normalised batch ``[N, 3, S, S]``."""
@@ -73,20 +102,26 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_tensor(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
-        """``[N, 3, S, S]`` normalised batch -> ``{"age": [N], "p_female": [N]}``."""
+        """``[N, 3, S, S]`` normalised batch -> ``{"age", "age_sigma", "p_female"}``, each ``[N]``."""
         x = batch.to(self.device)
         out = self.model(x)
-        age, logit = out["age"], out["gender_logit"]
+        age, sigma, logit = out["age"], out["age_sigma"], out["gender_logit"]
         if self.flip_tta:
-            out_f = self.model(torch.flip(x, dims=[3]))
-            age, logit = (age + out_f["age"]) / 2, (logit + out_f["gender_logit"]) / 2
-        return {"age": age.float().cpu().numpy(), "p_female": torch.sigmoid(logit).float().cpu().numpy()}
+            f = self.model(torch.flip(x, dims=[3]))
+            age, sigma, logit = (age + f["age"]) / 2, (sigma + f["age_sigma"]) / 2, (logit + f["gender_logit"]) / 2
+        return {"age": age.float().cpu().numpy(), "age_sigma": sigma.float().cpu().numpy(),
+                "p_female": torch.sigmoid(logit).float().cpu().numpy()}
 
     def predict(self, images: Sequence[ImageInput], batch_size: int = 64) -> list[Prediction]:
         """One :class:`Prediction` per image (PIL images, paths, encoded bytes or HxWx3 uint8 arrays)."""
         results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             out = self.predict_tensor(self.preprocess(images[start : start + batch_size]))
-            for age, p in zip(out["age"], out["p_female"], strict=True):
-                results.append(Prediction(float(max(age, 0.0)), GENDERS[int(p >= 0.5)], float(p)))
+            lows, highs = [None] * len(out["age"]), [None] * len(out["age"])
+            if self.interval_scale is not None:
+                lows, highs = age_interval(out["age"], out["age_sigma"], self.interval_scale)
+            for age, p, lo, hi in zip(out["age"], out["p_female"], lows, highs, strict=True):
+                results.append(Prediction(
+                    float(max(age, 0.0)), GENDERS[int(p >= 0.5)], float(p),
+                    None if lo is None else float(lo), None if hi is None else float(hi)))
         return results

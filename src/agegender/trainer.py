@@ -19,11 +19,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from agegender import data as D
-from agegender.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from agegender.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from agegender.config import TrainConfig
 from agegender.engine import predict_batches, resolve_device, train_one_epoch
 from agegender.losses import MultiTaskLoss
-from agegender.metrics import summarize
+from agegender.metrics import (
+    age_interval,
+    expected_calibration_error,
+    fit_interval_scale,
+    interval_coverage,
+    summarize,
+)
 from agegender.model import AgeGenderNet, ModelConfig
 from agegender.plots import training_curves
 from agegender.transforms import PresetConfig, eval_preset, train_preset
@@ -94,7 +100,7 @@ class RunPaths:
         self.metrics, self.curves = root / "metrics.csv", root / "curves.png"
 
 
-def _limit(records: list[D.Record], limit: int, seed: int) -> list[D.Record]:
+def limit_records(records: list[D.Record], limit: int, seed: int) -> list[D.Record]:
     if not limit or limit >= len(records):
         return records
     # A seeded, name-keyed subset, so repeated quick runs see the same images.
@@ -132,7 +138,7 @@ def fit(cfg: TrainConfig, resume: bool = False, given: dict | None = None, progr
     device = resolve_device(cfg.device)
 
     scan = D.scan_utkface(cfg.data)
-    records = _limit(scan.records, cfg.limit, cfg.seed)
+    records = limit_records(scan.records, cfg.limit, cfg.seed)
     if resume and run.split.exists():
         split = D.read_split(run.split)
     else:
@@ -150,6 +156,7 @@ def fit(cfg: TrainConfig, resume: bool = False, given: dict | None = None, progr
     mcfg = ModelConfig(
         backbone=cfg.backbone, head_hidden=cfg.head_hidden, dropout=cfg.dropout, image_size=cfg.image_size,
         crop_pct=cfg.crop_pct, age_mean=float(ages.mean()), age_std=float(max(ages.std(), 1.0)),
+        age_head="dldl" if cfg.age_loss == "dldl" else "regression",
     )
     if ckpt is not None:
         mcfg = ModelConfig.from_dict(dict(ckpt["model_config"]))
@@ -168,10 +175,19 @@ def fit(cfg: TrainConfig, resume: bool = False, given: dict | None = None, progr
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
 
+    ema = None
+    if cfg.ema > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    # The model that is validated and saved: the weight average when there is one.
+    eval_model = ema.module if ema is not None else model
+
     history: list[dict] = []
     start_epoch, best_mae = 1, math.inf
     if ckpt is not None:
-        model.load_state_dict(ckpt["model_state"])
+        model.load_state_dict(ckpt.get("train_model_state", ckpt["model_state"]))
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema_state"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
         scheduler.load_state_dict(ckpt["scheduler_state"])
         if "scaler_state" in ckpt:
@@ -188,12 +204,13 @@ def fit(cfg: TrainConfig, resume: bool = False, given: dict | None = None, progr
         train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
         t0 = time.time()
         losses = train_one_epoch(model, train_loader, loss_fn, optimizer, device, epoch, scheduler, scaler,
-                                 use_amp, cfg.grad_clip, progress)
+                                 use_amp, cfg.grad_clip, progress, ema)
         row = {"epoch": epoch, "train_loss": losses.get("loss", math.nan),
                "train_age_loss": losses.get("age_loss", math.nan),
                "train_gender_loss": losses.get("gender_loss", math.nan), "lr": optimizer.param_groups[0]["lr"]}
         if val_loader is not None:
-            out = predict_batches(model, val_loader, device, use_amp, progress=progress, desc=f"epoch {epoch} val")
+            out = predict_batches(eval_model, val_loader, device, use_amp, cfg.flip_tta, progress,
+                                  desc=f"epoch {epoch} val")
             recs = [val_recs[i] for i in out["index"]]
             m = summarize(out["age"], [r.age for r in recs], out["p_female"], [r.gender for r in recs])
             row |= {"val_age_mae": m["age_mae"], "val_cs5": m["cs5"], "val_gender_accuracy": m["gender_accuracy"],
@@ -213,14 +230,41 @@ def fit(cfg: TrainConfig, resume: bool = False, given: dict | None = None, progr
             "torch_version": str(torch.__version__),
         }
         # best.pt first: a crash between the two writes then loses no improvement.
+        inference = {"flip_tta": cfg.flip_tta}
         if is_best:
-            save_checkpoint(make_checkpoint(model, training), run.best)
-        save_checkpoint(make_checkpoint(
-            model, training, optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
-            scaler_state=scaler.state_dict(), rng_state=torch.get_rng_state()), run.last)
+            save_checkpoint(make_checkpoint(eval_model, training, inference=inference), run.best)
+        resume_state = {"optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
+                        "scaler_state": scaler.state_dict(), "rng_state": torch.get_rng_state()}
+        if ema is not None:
+            resume_state |= {"train_model_state": model.state_dict(), "ema_state": ema.state_dict()}
+        save_checkpoint(make_checkpoint(eval_model, training, inference=inference, **resume_state), run.last)
         hist = pd.DataFrame(history)
         tmp = run.metrics.with_suffix(".csv.tmp")
         hist.to_csv(tmp, index=False)
         os.replace(tmp, run.metrics)
         training_curves(hist, run.curves)
+    if val_loader is not None and training:
+        calibrate(run.best, val_loader, val_recs, device, cfg.interval_coverage, progress)
     return training
+
+
+def calibrate(path: Path, loader: DataLoader, records: list[D.Record], device: torch.device, coverage: float,
+              progress: bool = True) -> dict:
+    """Fit the age interval on validation predictions of the checkpoint at ``path`` and store it there."""
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt).to(device)
+    out = predict_batches(model, loader, device, flip_tta=bool(ckpt.get("inference", {}).get("flip_tta")),
+                          progress=progress, desc="calibrate")
+    true_age = np.array([records[i].age for i in out["index"]], float)
+    gender = np.array([records[i].gender for i in out["index"]], float)
+    scale = fit_interval_scale(out["age"], out["age_sigma"], true_age, coverage)
+    low, high = age_interval(out["age"], out["age_sigma"], scale)
+    cal = {"age_interval": {"coverage": coverage, "scale": scale, "n": int(true_age.size),
+                            "val_coverage": interval_coverage(low, high, true_age),
+                            "val_mean_width": float(np.mean(high - low))},
+           "gender_ece_val": expected_calibration_error(out["p_female"], gender)}
+    ckpt["calibration"] = cal
+    save_checkpoint(ckpt, path)
+    log.info("calibrated %s: %.0f%% age interval = age ± %.2f sigma (mean width %.1f y on validation); gender "
+             "ECE %.3f", path, 100 * coverage, scale, cal["age_interval"]["val_mean_width"], cal["gender_ece_val"])
+    return cal

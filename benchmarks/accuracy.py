@@ -1,0 +1,71 @@
+"""Reproduce a model's test-split figures from the checkpoint alone (the bundled model by default).
+
+    python benchmarks/accuracy.py --data UTKFACE_DIR [--model CKPT] [--out runs/accuracy]
+
+The checkpoint records its split (fractions, seed, image limit) and the fingerprint of the data it was trained
+on; the split is recomputed from those, checked against the fingerprint, and the test subset evaluated with
+`agegender evaluate`. Prints the headline figures, the per-bucket error and bias, the interval coverage and the
+gender calibration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from agegender import data as D
+from agegender.checkpoint import load_checkpoint
+from agegender.cli import main as cli
+from agegender.predictor import resolve_model_path
+from agegender.trainer import limit_records
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="the UTKFace folder the model was trained on")
+    ap.add_argument("--model", help="checkpoint (default: the bundled model)")
+    ap.add_argument("--out", default="runs/accuracy")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    model = resolve_model_path(args.model)
+    ckpt = load_checkpoint(model)
+    cfg = ckpt["training"]["config"]
+    records = limit_records(D.scan_utkface(args.data).records, cfg["limit"], cfg["seed"])
+    fingerprint = D.data_fingerprint(args.data, records)
+    if fingerprint != ckpt["training"]["data_fingerprint"]:
+        print(f"warning: data fingerprint {fingerprint} differs from the training data's "
+              f"{ckpt['training']['data_fingerprint']}: the subsets may not be the ones used in training")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    D.write_split(out / "split.csv", D.stratified_split(records, D.parse_split(cfg["split"]), cfg["seed"]))
+    if cli(["evaluate", "--model", str(model), "--data", args.data, "--split-file", str(out / "split.csv"),
+            "--subset", "test", "--out", str(out / "REPORT.json"), "--predictions", str(out / "PREDS.csv"),
+            "-q"]) != 0:
+        return 1
+    r = json.loads((out / "REPORT.json").read_text())
+    print(f"$ {' '.join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])}")
+    print(f"model {model} ({ckpt['model_config']['backbone']}, {ckpt['model_config']['image_size']} px), "
+          f"test subset n={r['n']}")
+    print(f"age MAE {r['age_mae']:.2f}  RMSE {r['age_rmse']:.2f}  bias {r['age_bias']:+.2f}  CS@5 {r['cs5']:.1f}%  "
+          f"gender accuracy {100 * r['gender_accuracy']:.2f}%  gender MAE {r['gender_mae']:.3f}  "
+          f"AUC {r['gender_auc']:.4f}  gender ECE {r['gender_ece']:.3f}")
+    if "age_interval" in r:
+        iv = r["age_interval"]
+        print(f"{100 * iv['target_coverage']:.0f}% age interval: coverage {100 * iv['coverage']:.1f}%, "
+              f"mean width {iv['mean_width']:.1f} years")
+    print("| group | n | age MAE | bias (mean signed error) | CS@5 | gender acc |")
+    print("|---|---|---|---|---|---|")
+    for kind in ("age", "gender", "race"):
+        for name, g in r["groups"][kind].items():
+            print(f"| {kind} {name} | {g['n']} | {g['age_mae']:.2f} | {g['age_bias']:+.2f} | {g['cs5']:.1f}% | "
+                  f"{100 * g['gender_accuracy']:.1f}% |")
+    print(f"({time.time() - t0:.0f} s; report, predictions and plots in {out}/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Losses (hand-computed, with NaN masking) and evaluation metrics, including the per-group report."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from agegender.losses import MultiTaskLoss, age_loss, gender_loss
+from agegender.metrics import (
+    age_mae,
+    age_rmse,
+    cumulative_score,
+    gender_accuracy,
+    gender_mae,
+    report,
+    roc_auc,
+    summarize,
+)
+
+NAN = float("nan")
+
+
+def _bce(logit: float, y: float) -> float:
+    p = 1 / (1 + math.exp(-logit))
+    return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+
+# --------------------------------------------------------------------------- age_loss
+
+# pred_norm [0.5, 1, -1], ages [10, 14, 4] with mean 10, std 2 -> targets [0, 2, -3] -> errors [0.5, -1, 2]
+PRED = [0.5, 1.0, -1.0]
+AGES = [10.0, 14.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("mse", (0.25 + 1 + 4) / 3),
+        ("l1", (0.5 + 1 + 2) / 3),
+        ("smooth_l1", (0.5 * 0.25 + (1 - 0.5) + (2 - 0.5)) / 3),  # beta 1: 0.5 x^2 below 1, |x| - 0.5 above
+    ],
+)
+def test_age_loss_hand_computed(kind, expected):
+    loss = age_loss(torch.tensor(PRED), torch.tensor(AGES), mean=10.0, std=2.0, kind=kind)
+    assert loss.ndim == 0
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mse", "l1", "smooth_l1"])
+def test_age_loss_nan_targets_masked(kind):
+    pred = torch.tensor([0.5, 3.0, 1.0, -1.0, 7.0], requires_grad=True)
+    ages = torch.tensor([10.0, NAN, 14.0, 4.0, NAN])
+    loss = age_loss(pred, ages, mean=10.0, std=2.0, kind=kind)
+    expected = age_loss(torch.tensor(PRED), torch.tensor(AGES), mean=10.0, std=2.0, kind=kind)
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert torch.all(torch.isfinite(pred.grad))
+    assert pred.grad[1].item() == 0.0
+    assert pred.grad[4].item() == 0.0
+    assert pred.grad[0].item() != 0.0
+
+
+def test_age_loss_all_nan_is_zero_with_grad():
+    pred = torch.tensor([0.3, -0.2], requires_grad=True)
+    loss = age_loss(pred, torch.tensor([NAN, NAN]), mean=30.0, std=10.0)
+    assert loss.item() == 0.0
+    assert loss.grad_fn is not None
+    loss.backward()
+    assert torch.equal(pred.grad, torch.zeros(2))
+
+
+def test_age_loss_unknown_kind():
+    with pytest.raises(ValueError, match="huber"):
+        age_loss(torch.zeros(2), torch.zeros(2), 0.0, 1.0, kind="huber")
+
+
+# --------------------------------------------------------------------------- gender_loss
+
+
+def test_gender_loss_hand_computed():
+    logits, labels = [0.0, 2.0, -1.0, 3.0], [1.0, 0.0, 0.0, 1.0]
+    expected = sum(_bce(x, y) for x, y in zip(logits, labels, strict=True)) / 4
+    loss = gender_loss(torch.tensor(logits), torch.tensor(labels))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert loss.item() == pytest.approx((math.log(2) + math.log(1 + math.e**2) + math.log(1 + math.e**-1)
+                                         + math.log(1 + math.e**-3)) / 4, rel=1e-6)
+
+
+def test_gender_loss_nan_masked_and_all_nan():
+    logit = torch.tensor([0.0, 5.0, 2.0], requires_grad=True)
+    loss = gender_loss(logit, torch.tensor([1.0, NAN, 0.0]))
+    assert loss.item() == pytest.approx((_bce(0.0, 1.0) + _bce(2.0, 0.0)) / 2, rel=1e-6)
+    loss.backward()
+    assert logit.grad[1].item() == 0.0
+    none = gender_loss(torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([NAN, NAN]))
+    assert none.item() == 0.0
+    assert none.grad_fn is not None
+
+
+# --------------------------------------------------------------------------- MultiTaskLoss
+
+
+def test_multitask_combines_weighted_parts():
+    out = {"age_norm": torch.tensor(PRED), "gender_logit": torch.tensor([0.0, 2.0, -1.0])}
+    targets = {"age": torch.tensor(AGES), "gender": torch.tensor([1.0, 0.0, 0.0])}
+    crit = MultiTaskLoss(age_mean=10.0, age_std=2.0, age_kind="l1", age_weight=2.0, gender_weight=0.5)
+    parts = crit(out, targets)
+    la = (0.5 + 1 + 2) / 3
+    lg = (_bce(0.0, 1.0) + _bce(2.0, 0.0) + _bce(-1.0, 0.0)) / 3
+    assert parts["age_loss"].item() == pytest.approx(la, rel=1e-6)
+    assert parts["gender_loss"].item() == pytest.approx(lg, rel=1e-6)
+    assert parts["loss"].item() == pytest.approx(2.0 * la + 0.5 * lg, rel=1e-6)
+
+
+def test_multitask_zero_weight_drops_part():
+    out = {"age_norm": torch.tensor(PRED), "gender_logit": torch.tensor([0.0, 2.0, -1.0])}
+    targets = {"age": torch.tensor(AGES), "gender": torch.tensor([1.0, 0.0, 0.0])}
+    parts = MultiTaskLoss(10.0, 2.0, gender_weight=0.0)(out, targets)
+    assert parts["loss"].item() == pytest.approx(parts["age_loss"].item(), rel=1e-6)
+    assert parts["gender_loss"].item() > 0
+
+
+def test_multitask_half_precision_inputs():
+    out = {"age_norm": torch.tensor(PRED, dtype=torch.float16), "gender_logit": torch.zeros(3, dtype=torch.float16)}
+    targets = {"age": torch.tensor(AGES), "gender": torch.tensor([1.0, 0.0, 0.0])}
+    parts = MultiTaskLoss(10.0, 2.0)(out, targets)
+    assert parts["loss"].dtype == torch.float32
+    assert parts["gender_loss"].item() == pytest.approx(math.log(2), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"age_kind": "huber"}, {"age_weight": -1.0}, {"gender_weight": -0.1}]
+)
+def test_multitask_invalid(kwargs):
+    with pytest.raises(ValueError):
+        MultiTaskLoss(age_mean=30.0, age_std=10.0, **kwargs)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_age_mae_rmse():
+    pred, true = np.array([10.0, 20.0, 30.0]), np.array([12.0, 17.0, 30.0])
+    assert age_mae(pred, true) == pytest.approx(5 / 3)
+    assert age_rmse(pred, true) == pytest.approx(math.sqrt((4 + 9 + 0) / 3))
+
+
+def test_cumulative_score_boundary_counts():
+    pred = np.array([10.0, 10.0, 10.0, 10.0])
+    true = np.array([15.0, 5.0, 15.001, 10.0])  # exactly 5 either way counts, 5.001 does not
+    assert cumulative_score(pred, true) == pytest.approx(75.0)
+    assert cumulative_score(pred, true, years=0.0) == pytest.approx(25.0)
+
+
+def test_gender_accuracy_threshold():
+    p = np.array([0.5, 0.49, 0.9, 0.1, 0.51])
+    y = np.array([1, 0, 0, 0, 1])  # 0.5 counts as female
+    assert gender_accuracy(p, y) == pytest.approx(4 / 5)
+    assert gender_accuracy(p, 1 - y) == pytest.approx(1 / 5)
+
+
+def test_gender_mae():
+    assert gender_mae(np.array([0.9, 0.2, 0.0]), np.array([1, 1, 0])) == pytest.approx((0.1 + 0.8 + 0.0) / 3)
+
+
+def test_roc_auc_with_tie():
+    # positives {0.5, 0.8}, negatives {0.5, 0.2}: pairs 0.5/0.5 tie (1/2), the other three won -> 3.5 / 4
+    score = np.array([0.5, 0.5, 0.2, 0.8])
+    label = np.array([1, 0, 0, 1])
+    assert roc_auc(score, label) == pytest.approx(0.875)
+
+
+def test_roc_auc_perfect_and_reversed():
+    assert roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == pytest.approx(1.0)
+    assert roc_auc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1])) == pytest.approx(0.0)
+
+
+def test_roc_auc_single_class_nan():
+    assert math.isnan(roc_auc(np.array([0.1, 0.9]), np.array([1, 1])))
+    assert math.isnan(roc_auc(np.array([0.1, 0.9]), np.array([0, 0])))
+
+
+SUMMARY_KEYS = {"n", "age_mae", "age_rmse", "age_bias", "cs5", "gender_accuracy", "gender_mae", "gender_auc"}
+
+
+def test_summarize_keys_and_values():
+    age_pred, age_true = np.array([12.0, 20.0, 40.0, 30.0]), np.array([10.0, 26.0, 40.0, 31.0])
+    p, g = np.array([0.9, 0.2, 0.6, 0.4]), np.array([1.0, 0.0, 0.0, 1.0])
+    out = summarize(age_pred, age_true, p, g)
+    assert set(out) == SUMMARY_KEYS
+    assert out["n"] == 4
+    assert out["age_mae"] == pytest.approx((2 + 6 + 0 + 1) / 4)
+    assert out["age_rmse"] == pytest.approx(math.sqrt((4 + 36 + 0 + 1) / 4))
+    assert out["age_bias"] == pytest.approx((2 - 6 + 0 - 1) / 4)
+    assert out["cs5"] == pytest.approx(75.0)
+    assert out["gender_accuracy"] == pytest.approx(0.5)
+    assert out["gender_mae"] == pytest.approx((0.1 + 0.2 + 0.6 + 0.6) / 4)
+    assert out["gender_auc"] == pytest.approx(0.75)  # positives {0.9, 0.4} vs negatives {0.2, 0.6}: 3 of 4
+
+
+def test_summarize_nan_labels():
+    age_pred, age_true = np.array([12.0, 99.0, 40.0]), np.array([10.0, NAN, 41.0])
+    p, g = np.array([0.9, 0.2, 0.7]), np.array([1.0, 0.0, NAN])
+    out = summarize(age_pred, age_true, p, g)
+    assert out["n"] == 3
+    assert out["age_mae"] == pytest.approx(1.5)
+    assert out["gender_accuracy"] == pytest.approx(1.0)
+    assert out["gender_auc"] == pytest.approx(1.0)
+
+
+def test_summarize_all_nan_and_single_class():
+    out = summarize(np.array([1.0, 2.0]), np.array([NAN, NAN]), np.array([0.9, 0.8]), np.array([1.0, 1.0]))
+    assert out["n"] == 2
+    assert not {"age_mae", "age_rmse", "age_bias", "cs5"} & set(out)
+    assert out["gender_accuracy"] == pytest.approx(1.0)
+    assert out["gender_auc"] is None  # NaN becomes None (JSON-friendly)
+    only_age = summarize(np.array([1.0]), np.array([2.0]), np.array([0.5]), np.array([NAN]))
+    assert set(only_age) == {"n", "age_mae", "age_rmse", "age_bias", "cs5"}
+
+
+def test_report_groups():
+    df = pd.DataFrame(
+        {
+            "age_true": [1.0, 5.0, 25.0, 27.0, 75.0, 30.0, NAN],
+            "gender_true": [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0],
+            "race": [0.0, 1.0, 0.0, 2.0, NAN, 4.0, 1.0],
+            "age_pred": [2.0, 5.0, 20.0, 27.0, 60.0, 33.0, 50.0],
+            "p_female": [0.1, 0.8, 0.3, 0.4, 0.9, 0.2, 0.6],
+        }
+    )
+    out = report(df)
+    assert out["n"] == 7
+    assert out["age_mae"] == pytest.approx((1 + 0 + 5 + 0 + 15 + 3) / 6)
+    groups = out["groups"]
+    assert set(groups) == {"age", "gender", "race"}
+    assert {k: v["n"] for k, v in groups["age"].items()} == {"0-2": 1, "3-9": 1, "20-29": 2, "30-39": 1, "70+": 1}
+    assert list(groups["age"]) == ["0-2", "3-9", "20-29", "30-39", "70+"]
+    assert groups["age"]["20-29"]["age_mae"] == pytest.approx(2.5)
+    assert groups["age"]["70+"]["age_bias"] == pytest.approx(-15.0)
+    assert {k: v["n"] for k, v in groups["gender"].items()} == {"male": 3, "female": 4}
+    assert groups["gender"]["female"]["gender_accuracy"] == pytest.approx(3 / 4)
+    assert groups["gender"]["female"]["gender_auc"] is None  # one class only
+    assert {k: v["n"] for k, v in groups["race"].items()} == {"White": 2, "Black": 2, "Asian": 1, "Others": 1}
+
+
+def test_report_without_race_column():
+    df = pd.DataFrame({"age_true": [20.0, 40.0], "gender_true": [0.0, 1.0], "age_pred": [22.0, 40.0],
+                       "p_female": [0.2, 0.7]})
+    out = report(df)
+    assert out["groups"]["race"] == {}
+    assert out["gender_accuracy"] == pytest.approx(1.0)
