@@ -120,7 +120,8 @@ def _odd_images(face_dir: Path, dest: Path) -> list[str]:
 def test_predict_any_mode_and_reports_broken_files(trained_run: Path, face_dir: Path, tmp_path: Path) -> None:
     good = _odd_images(face_dir, tmp_path / "in")
     out = tmp_path / "preds.csv"
-    rc = main(["predict", "--model", str(trained_run / "best.pt"), str(tmp_path / "in"), "--out", str(out), "-q"])
+    rc = main(["predict", "--model", str(trained_run / "best.pt"), str(tmp_path / "in"), "--out", str(out),
+               "--aligned", "-q"])
     assert rc == 1  # finished, but one input was unreadable
     df = pd.read_csv(out, keep_default_na=False)
     assert sorted(Path(f).name for f in df[df["error"] == ""]["file"]) == sorted(good)
@@ -128,13 +129,15 @@ def test_predict_any_mode_and_reports_broken_files(trained_run: Path, face_dir: 
     assert ok["age"].astype(float).ge(0).all() and ok["p_female"].astype(float).between(0, 1).all()
     assert set(ok["gender"]) <= {"male", "female"}
     broken = df[df["file"].str.endswith("broken.jpg")]
-    assert len(broken) == 1 and "not an image" in broken["error"].iloc[0]
+    assert len(broken) == 1 and "not an image" in broken["error"].iloc[0] and broken["status"].iloc[0] == "error"
+    assert set(ok["status"]) == {"ok"}
 
 
 def test_predict_json(trained_run: Path, face_dir: Path, tmp_path: Path) -> None:
     files = sorted(face_dir.glob("*.jpg"))[:3]
     out = tmp_path / "p.json"
-    rc = main(["predict", "--model", str(trained_run / "best.pt"), *map(str, files), "--out", str(out), "-q"])
+    rc = main(["predict", "--model", str(trained_run / "best.pt"), *map(str, files), "--out", str(out), "--aligned",
+               "-q"])
     assert rc == 0
     rows = json.loads(out.read_text())
     assert [r["file"] for r in rows] == [str(f) for f in files]
@@ -170,3 +173,24 @@ def test_console_script_and_module_help() -> None:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stderr
         assert "usage: agegender" in res.stdout
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
+
+
+def test_predict_detects_aligns_and_annotates_a_photo(trained_run: Path, tmp_path: Path) -> None:
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(blank)
+    out = tmp_path / "faces.json"
+    rc = main(["predict", "--model", str(trained_run / "best.pt"), str(EXAMPLE), str(blank), "--out", str(out),
+               "--annotate", str(tmp_path / "ann"), "-q"])
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    (face,) = [r for r in rows if r["file"] == str(EXAMPLE)]
+    assert face["status"] == "ok" and face["face"] == 0 and face["det_score"] > 0.95
+    x1, y1, x2, y2 = (face[k] for k in ("box_x1", "box_y1", "box_x2", "box_y2"))
+    left_eye, right_eye = face["landmarks"][0], face["landmarks"][1]
+    assert x1 < left_eye[0] < right_eye[0] < x2 and y1 < left_eye[1] < (y1 + y2) / 2
+    assert [r["status"] for r in rows if r["file"] == str(blank)] == ["no_face"]
+    annotated = Image.open(tmp_path / "ann" / "astronaut_annotated.jpg")
+    assert annotated.size == Image.open(EXAMPLE).size

@@ -113,12 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average with the mirrored image (default: as the checkpoint was calibrated)")
     _add_common(e)
 
-    p = sub.add_parser("predict", help="predict age and gender for face crops",
-                       description="Predict for face crops (files, or folders searched recursively). "
-                       "Writes CSV or JSON by the extension of --out.")
+    p = sub.add_parser("predict", help="find faces in photos and predict their age and gender",
+                       description="Detect faces (MTCNN), align each to UTKFace's framing and predict; with "
+                       "--aligned, treat each image as a ready face crop. Inputs are files or folders (searched "
+                       "recursively). Writes CSV or JSON by the extension of --out: a row per face, and a row "
+                       "with status no_face or error where there is none or the file cannot be read.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("--model", help="checkpoint (default: the bundled model)")
     p.add_argument("--out", required=True, help="PREDS.csv or PREDS.json")
+    p.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
+    p.add_argument("--annotate", metavar="DIR", help="also write each photo with boxes and labels drawn into DIR")
+    p.add_argument("--min-face", type=int, default=20, help="smallest face side to look for, pixels (default 20)")
+    p.add_argument("--det-threshold", type=float, default=0.7,
+                   help="minimum detector score of the final stage (default 0.7)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
@@ -249,6 +256,15 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
 
+PREDICT_COLUMNS = ["file", "face", "box_x1", "box_y1", "box_x2", "box_y2", "det_score", "landmarks", "age",
+                   "age_low", "age_high", "gender", "p_female", "status", "error"]
+
+
+def _prediction_fields(pred) -> dict:
+    return {"age": round(pred.age, 2), "age_low": _round(pred.age_low), "age_high": _round(pred.age_high),
+            "gender": pred.gender, "p_female": round(pred.p_female, 5)}
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import pandas as pd
     from tqdm.auto import tqdm
@@ -259,10 +275,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out_path = Path(args.out)
     if out_path.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out must end in .csv or .json, got {out_path.name}")
-    predictor = Predictor.from_checkpoint(resolve_model_path(args.model), device=args.device, flip_tta=args.tta)
+    detector = None
+    if not args.aligned:
+        from agegender.faces import FaceDetector
+
+        detector = FaceDetector(min_face_size=args.min_face, thresholds=(0.6, 0.7, args.det_threshold),
+                                device=args.device)
+    predictor = Predictor.from_checkpoint(resolve_model_path(args.model), device=args.device, flip_tta=args.tta,
+                                          detector=detector)
+    annotate_dir = Path(args.annotate) if args.annotate else None
+    if annotate_dir:
+        from agegender.annotate import draw_faces
+
+        annotate_dir.mkdir(parents=True, exist_ok=True)
     files, errors = _expand_inputs(args.inputs)
-    rows: list[dict] = []
-    bar = tqdm(total=len(files), desc="predict", disable=True if args.quiet else None, dynamic_ncols=True)
+    rows: list[dict] = [{"file": f, "status": "error", "error": why} for f, why in errors]
+    n_faces = n_no_face = 0
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=True if args.quiet else None,
+               dynamic_ncols=True)
     for start in range(0, len(files), args.batch_size):
         chunk, images = [], []
         for f in files[start : start + args.batch_size]:
@@ -271,22 +301,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 chunk.append(f)
             except ImageReadError as e:
                 errors.append((str(f), str(e)))
-        for f, pred in zip(chunk, predictor.predict(images, args.batch_size) if images else [], strict=True):
-            rows.append({"file": str(f), "age": round(pred.age, 2), "age_low": _round(pred.age_low),
-                         "age_high": _round(pred.age_high), "gender": pred.gender,
-                         "p_female": round(pred.p_female, 5), "error": ""})
+                rows.append({"file": str(f), "status": "error", "error": str(e)})
+        if args.aligned:
+            for f, pred in zip(chunk, predictor.predict(images, args.batch_size) if images else [], strict=True):
+                rows.append({"file": str(f), "face": 0, **_prediction_fields(pred), "status": "ok"})
+                n_faces += 1
+        else:
+            for f, img, faces in zip(chunk, images, predictor.predict_faces(images, args.batch_size), strict=True):
+                if not faces:
+                    n_no_face += 1
+                    rows.append({"file": str(f), "status": "no_face"})
+                for face in faces:
+                    x1, y1, x2, y2 = (round(v, 1) for v in face.box)
+                    rows.append({"file": str(f), "face": face.index, "box_x1": x1, "box_y1": y1, "box_x2": x2,
+                                 "box_y2": y2, "det_score": round(face.det_score, 4),
+                                 "landmarks": face.to_dict()["landmarks"], **_prediction_fields(face.prediction),
+                                 "status": "ok"})
+                n_faces += len(faces)
+                if annotate_dir:
+                    draw_faces(img, faces).save(annotate_dir / f"{Path(f).stem}_annotated.jpg", quality=92)
         bar.update(len(files[start : start + args.batch_size]))
     bar.close()
     for f, why in errors:
         log.warning("could not read %s: %s", f, why)
-        rows.append({"file": f, "age": None, "gender": None, "p_female": None, "error": why})
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.suffix.lower() == ".json":
-        out_path.write_text(json.dumps(rows, indent=2))
+        out_path.write_text(json.dumps([{k: v for k, v in r.items() if v is not None} for r in rows], indent=2))
     else:
-        columns = ["file", "age", "age_low", "age_high", "gender", "p_female", "error"]
-        pd.DataFrame(rows, columns=columns).to_csv(out_path, index=False)
-    log.info("%d images predicted, %d unreadable -> %s", len(rows) - len(errors), len(errors), out_path)
+        df = pd.DataFrame(rows, columns=PREDICT_COLUMNS)
+        df["landmarks"] = df["landmarks"].map(lambda v: json.dumps(v) if isinstance(v, list) else "")
+        df["face"] = df["face"].astype("Int64")
+        df.to_csv(out_path, index=False)
+    log.info("%d files: %d faces, %d without a face, %d errors -> %s", len(files), n_faces, n_no_face, len(errors),
+             out_path)
     return EXIT_PARTIAL if errors else EXIT_OK
 
 

@@ -50,6 +50,21 @@ class Prediction:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class FacePrediction:
+    """One face found in a photo: where it is, how sure the detector is, and the model's estimate."""
+
+    index: int
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the input image
+    det_score: float
+    landmarks: tuple[tuple[float, float], ...]  # eyes, nose, mouth corners (image left, then right)
+    prediction: Prediction
+
+    def to_dict(self) -> dict:
+        return {"face": self.index, "box": [round(v, 1) for v in self.box], "det_score": round(self.det_score, 4),
+                "landmarks": [[round(x, 1), round(y, 1)] for x, y in self.landmarks], **self.prediction.to_dict()}
+
+
 def _as_pil(x: ImageInput) -> Image.Image:
     if isinstance(x, Image.Image):
         return x.convert("RGB") if x.mode != "RGB" else x
@@ -72,7 +87,7 @@ class Predictor:
     """
 
     def __init__(self, model: AgeGenderNet, device: str | torch.device = "cpu", flip_tta: bool | None = None,
-                 checkpoint: dict | None = None) -> None:
+                 checkpoint: dict | None = None, detector=None) -> None:
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         cfg = model.config
@@ -85,11 +100,22 @@ class Predictor:
         self.interval_scale: float | None = interval["scale"] if interval else None
         self.interval_coverage: float | None = interval["coverage"] if interval else None
         self.checkpoint_info = {k: v for k, v in ckpt.items() if not k.endswith("_state")}
+        self._detector = detector
+
+    @property
+    def detector(self):
+        """The face detector (MTCNN), created on first use: crops-only users never pay for it."""
+        if self._detector is None:
+            from agegender.faces import FaceDetector
+
+            self._detector = FaceDetector(device=self.device)
+        return self._detector
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", flip_tta: bool | None = None) -> Predictor:
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", flip_tta: bool | None = None,
+                        detector=None) -> Predictor:
         model, ckpt = load_model(path)
-        return cls(model, device=device, flip_tta=flip_tta, checkpoint=ckpt)
+        return cls(model, device=device, flip_tta=flip_tta, checkpoint=ckpt, detector=detector)
 
     @classmethod
     def default(cls, device: str = "cpu") -> Predictor:
@@ -111,6 +137,21 @@ class Predictor:
             age, sigma, logit = (age + f["age"]) / 2, (sigma + f["age_sigma"]) / 2, (logit + f["gender_logit"]) / 2
         return {"age": age.float().cpu().numpy(), "age_sigma": sigma.float().cpu().numpy(),
                 "p_female": torch.sigmoid(logit).float().cpu().numpy()}
+
+    def predict_faces(self, images: Sequence[ImageInput], batch_size: int = 64) -> list[list[FacePrediction]]:
+        """Detect every face in each photo, align it to UTKFace's framing, and predict; one list per photo
+        (empty where no face was found)."""
+        from agegender.faces import UTKFACE_SIZE, align
+
+        found, crops = [], []
+        for image in images:
+            pil = _as_pil(image)
+            faces = self.detector.detect(pil)
+            found.append(faces)
+            crops.extend(align(pil, f.landmarks, UTKFACE_SIZE) for f in faces)
+        preds = iter(self.predict(crops, batch_size) if crops else [])
+        return [[FacePrediction(i, f.box, f.score, f.landmarks, next(preds)) for i, f in enumerate(faces)]
+                for faces in found]
 
     def predict(self, images: Sequence[ImageInput], batch_size: int = 64) -> list[Prediction]:
         """One :class:`Prediction` per image (PIL images, paths, encoded bytes or HxWx3 uint8 arrays)."""

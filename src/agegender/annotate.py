@@ -1,0 +1,39 @@
+"""Draw detected faces and their estimates onto a photo."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+from agegender.predictor import FacePrediction
+
+
+def label(face: FacePrediction) -> str:
+    """Short label such as ``"34 ±5, female 0.97"`` (the ± is half the age interval, where there is one)."""
+    p = face.prediction
+    age = f"{p.age:.0f}"
+    if p.age_low is not None and p.age_high is not None:
+        age += f" ±{(p.age_high - p.age_low) / 2:.0f}"
+    confidence = p.p_female if p.gender == "female" else 1 - p.p_female
+    return f"{age}, {p.gender} {confidence:.2f}"
+
+
+def draw_faces(image: Image.Image, faces: Sequence[FacePrediction]) -> Image.Image:
+    """A copy of ``image`` with each face's box, landmarks and label drawn on it."""
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    line = max(2, round(max(out.size) / 300))
+    font = ImageFont.load_default(size=max(12, round(max(out.size) / 40)))
+    for face in faces:
+        x1, y1, x2, y2 = face.box
+        color = (230, 60, 140) if face.prediction.gender == "female" else (40, 120, 230)
+        draw.rectangle((x1, y1, x2, y2), outline=color, width=line)
+        for x, y in face.landmarks:
+            draw.ellipse((x - line, y - line, x + line, y + line), fill=(255, 220, 0))
+        text = label(face)
+        tx, ty = x1, max(0, y1 - font.size - 2 * line)
+        box = draw.textbbox((tx, ty), text, font=font)
+        draw.rectangle((box[0] - line, box[1] - line, box[2] + line, box[3] + line), fill=color)
+        draw.text((tx, ty), text, fill=(255, 255, 255), font=font)
+    return out
