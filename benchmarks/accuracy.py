@@ -21,7 +21,7 @@ from agegender import data as D
 from agegender.checkpoint import load_checkpoint
 from agegender.cli import main as cli
 from agegender.predictor import resolve_model_path
-from agegender.trainer import limit_records
+from agegender.trainer import split_from_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,15 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     model = resolve_model_path(args.model)
     ckpt = load_checkpoint(model)
-    cfg = ckpt["training"]["config"]
-    records = limit_records(D.scan_utkface(args.data).records, cfg["limit"], cfg["seed"])
-    fingerprint = D.data_fingerprint(args.data, records)
-    if fingerprint != ckpt["training"]["data_fingerprint"]:
-        print(f"warning: data fingerprint {fingerprint} differs from the training data's "
-              f"{ckpt['training']['data_fingerprint']}: the subsets may not be the ones used in training")
+    _, split, same_data = split_from_checkpoint(ckpt, args.data)
+    if not same_data:
+        print("warning: this folder's fingerprint differs from the training data's: the test subset may not be "
+              "the one held out in training")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    D.write_split(out / "split.csv", D.stratified_split(records, D.parse_split(cfg["split"]), cfg["seed"]))
+    D.write_split(out / "split.csv", split)
     if cli(["evaluate", "--model", str(model), "--data", args.data, "--split-file", str(out / "split.csv"),
             "--subset", "test", "--out", str(out / "REPORT.json"), "--predictions", str(out / "PREDS.csv"),
             "-q"]) != 0:

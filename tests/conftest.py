@@ -59,3 +59,15 @@ def trained_run(face_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
                "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--split", "0.6,0.2,0.2", "-q"])
     assert rc == 0
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_decode_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Training runs in tests write their decode caches into a temporary folder, not the user's cache."""
+    old = os.environ.get("AGEGENDER_CACHE")
+    os.environ["AGEGENDER_CACHE"] = str(tmp_path_factory.mktemp("decode_cache"))
+    yield
+    if old is None:
+        os.environ.pop("AGEGENDER_CACHE", None)
+    else:
+        os.environ["AGEGENDER_CACHE"] = old

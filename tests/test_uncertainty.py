@@ -85,6 +85,6 @@ def test_dldl_ema_tta_run_calibrates_and_predicts_intervals(face_dir: Path, tmp_
     (pred,) = predictor.predict([sorted(face_dir.glob("*.jpg"))[0]])
     assert pred.age_low <= pred.age <= pred.age_high
     out = tmp_path / "p.csv"
-    assert main(["predict", "--model", str(run / "best.pt"), str(face_dir), "--out", str(out), "-q"]) == 0
+    assert main(["predict", "--model", str(run / "best.pt"), str(face_dir), "--out", str(out), "--aligned", "-q"]) == 0
     df = pd.read_csv(out)
     assert (df["age_low"] <= df["age"]).all() and (df["age"] <= df["age_high"]).all()

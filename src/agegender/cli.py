@@ -59,6 +59,10 @@ TRAIN_HELP = {
     "ema": "decay of an exponential moving average of the weights (e.g. 0.999), 0 = off",
     "flip_tta": "validate, calibrate and predict on the image and its mirror image",
     "interval_coverage": "share of true ages the predicted age interval should hold",
+    "cache": "decode each image once: none, memory, or disk (memory-mapped under $AGEGENDER_CACHE or "
+    "~/.cache/agegender, reused by later runs and rebuilt when files change)",
+    "channels_last": "channels-last memory format on CUDA",
+    "compile": "torch.compile the model (CUDA; slow to start, faster per step)",
 }
 
 

@@ -63,6 +63,9 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     flip_tta: bool = False  # validate (and predict by default) on the image and its mirror image
     interval_coverage: float = 0.8  # share of true ages the predicted age interval should hold
+    cache: str = "disk"  # decoded-image cache: none | memory | disk (memory-mapped, reused across runs)
+    channels_last: bool = True  # on CUDA only
+    compile: bool = False  # torch.compile the model (CUDA; slow to start)
 
     def validate(self) -> TrainConfig:
         def need(cond: bool, msg: str) -> None:
@@ -82,6 +85,7 @@ class TrainConfig:
         need(0 < self.crop_pct <= 1, "crop_pct must be in (0, 1]")
         need(self.limit >= 0, "--limit must be >= 0")
         need(0 <= self.ema < 1, "ema must be in [0, 1)")
+        need(self.cache in ("none", "memory", "disk"), "--cache must be none, memory or disk")
         need(0 < self.interval_coverage < 1, "interval_coverage must be in (0, 1)")
         parse_split(self.split)
         return self

@@ -16,11 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from agegender import data as D
+from agegender.cache import CachedFaceDataset, build_cache
 from agegender.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from agegender.config import TrainConfig
+from agegender.distributed import DistInfo, barrier, cleanup, gather_predictions, setup
 from agegender.engine import predict_batches, resolve_device, train_one_epoch
 from agegender.losses import MultiTaskLoss
 from agegender.metrics import (
@@ -32,7 +35,7 @@ from agegender.metrics import (
 )
 from agegender.model import AgeGenderNet, ModelConfig
 from agegender.plots import training_curves
-from agegender.transforms import PresetConfig, eval_preset, train_preset
+from agegender.transforms import PresetConfig, decode_preset, eval_preset, train_preset
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +51,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def make_loader(dataset: D.FaceDataset, batch_size: int, shuffle: bool, workers: int, device: torch.device,
-                seed: int = 0) -> DataLoader:
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=workers,
-        collate_fn=D.collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        drop_last=shuffle and len(dataset) > batch_size,
-        generator=g,
-    )
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -108,6 +94,18 @@ def limit_records(records: list[D.Record], limit: int, seed: int) -> list[D.Reco
     return sorted(keyed[:limit], key=lambda r: r.file)
 
 
+def split_from_checkpoint(ckpt: dict, root: str | Path) -> tuple[list[D.Record], dict[str, str], bool]:
+    """Recreate a run's split of ``root`` from what its checkpoint recorded (fractions, seed, image limit).
+
+    Returns ``(records, split, same_data)``; ``same_data`` is False when the folder's fingerprint differs
+    from the training data's, in which case the subsets may differ from the ones used in training.
+    """
+    cfg = ckpt["training"]["config"]
+    records = limit_records(D.scan_utkface(root).records, cfg["limit"], cfg["seed"])
+    split = D.stratified_split(records, D.parse_split(cfg["split"]), cfg["seed"])
+    return records, split, D.data_fingerprint(root, records) == ckpt["training"].get("data_fingerprint")
+
+
 def _resume_config(cfg: TrainConfig, given: dict, saved: dict) -> TrainConfig:
     """The run's own config, with only ``epochs`` (and where the data lives) allowed to change on resume."""
     merged = dict(saved)
@@ -122,10 +120,75 @@ def _resume_config(cfg: TrainConfig, given: dict, saved: dict) -> TrainConfig:
     return TrainConfig(**merged).validate()
 
 
+def _datasets(cfg: TrainConfig, preset: PresetConfig, train_recs: list[D.Record], val_recs: list[D.Record],
+              info: DistInfo, progress: bool) -> tuple[Dataset, Dataset | None]:
+    """Training and validation datasets: from the decode cache (rank 0 builds it, the others wait and
+    reuse it), or decoding every image on every read (``cache: none``, the reference's pipeline)."""
+    if cfg.cache == "none":
+        return (D.FaceDataset(cfg.data, train_recs, train_preset(preset, cfg.augment)),
+                D.FaceDataset(cfg.data, val_recs, eval_preset(preset)) if val_recs else None)
+    records = train_recs + val_recs
+    mode = cfg.cache
+    if mode == "disk" and info.enabled and not info.is_main:
+        barrier(info)  # rank 0 is writing the cache file
+    if mode == "memory" or info.is_main or not info.enabled:
+        pixels, ok = build_cache(cfg.data, records, decode_preset(preset), preset.resize_size, mode, progress)
+    if mode == "disk" and info.enabled and info.is_main:
+        barrier(info)
+    if mode == "disk" and info.enabled and not info.is_main:
+        pixels, ok = build_cache(cfg.data, records, decode_preset(preset), preset.resize_size, mode, progress)
+    n = len(train_recs)
+    train = CachedFaceDataset(pixels[:n], ok[:n], train_recs, train_preset(preset, cfg.augment, cached=True))
+    val = CachedFaceDataset(pixels[n:], ok[n:], val_recs, eval_preset(preset, cached=True)) if val_recs else None
+    return train, val
+
+
+def make_loader(dataset: Dataset, batch_size: int, train: bool, workers: int, device: torch.device,
+                info: DistInfo | None = None, seed: int = 0) -> DataLoader:
+    """Batches of :func:`data.collate`; shuffled (and sharded across ranks under DDP) when ``train``."""
+    info = info or DistInfo()
+    sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=train, seed=seed,
+                                 drop_last=train) if info.enabled else None
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler, num_workers=workers,
+        collate_fn=D.collate, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        drop_last=train and len(dataset) > batch_size * info.world_size, generator=g,
+    )
+
+
+def _validate(model: torch.nn.Module, loader: DataLoader, records: list[D.Record], device: torch.device,
+              cfg: TrainConfig, info: DistInfo, progress: bool, desc: str) -> dict:
+    """Validation figures, identical on every rank (predictions are gathered before scoring)."""
+    out = predict_batches(model, loader, device, cfg.amp and device.type == "cuda", cfg.flip_tta,
+                          progress and info.is_main, desc=desc)
+    out = gather_predictions(out, info)
+    recs = [records[i] for i in out["index"]]
+    m = summarize(out["age"], [r.age for r in recs], out["p_female"], [r.gender for r in recs])
+    return {"val_age_mae": m["age_mae"], "val_cs5": m["cs5"], "val_gender_accuracy": m["gender_accuracy"],
+            "val_gender_mae": m["gender_mae"]}
+
+
 def fit(cfg: TrainConfig, resume: bool = False, given: dict | None = None, progress: bool = True) -> dict:
-    """Train according to ``cfg``; returns the final training summary (also saved in the checkpoints)."""
+    """Train according to ``cfg``; returns the final training summary (also saved in the checkpoints).
+
+    Under ``torchrun`` every process trains a shard of each epoch (DistributedDataParallel); validation
+    predictions are gathered so all ranks see the same figures, and only rank 0 writes files.
+    """
+    info, device = setup(resolve_device(cfg.device))
+    try:
+        return _fit(cfg, resume, given, progress, info, device)
+    finally:
+        cleanup()
+
+
+def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, info: DistInfo,
+         device: torch.device) -> dict:
     run = RunPaths(Path(cfg.out))
-    run.root.mkdir(parents=True, exist_ok=True)
+    main = info.is_main
+    if main:
+        run.root.mkdir(parents=True, exist_ok=True)
     ckpt = None
     if resume:
         if not run.last.exists():
@@ -133,24 +196,24 @@ def fit(cfg: TrainConfig, resume: bool = False, given: dict | None = None, progr
         ckpt = load_checkpoint(run.last)
         cfg = _resume_config(cfg, given or {}, ckpt["training"]["config"])
         log.info("resuming %s from epoch %d", run.root, ckpt["training"]["epoch"])
-    cfg.save(run.config)
+    if main:
+        cfg.save(run.config)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
 
-    scan = D.scan_utkface(cfg.data)
-    records = limit_records(scan.records, cfg.limit, cfg.seed)
+    records = limit_records(D.scan_utkface(cfg.data).records, cfg.limit, cfg.seed)
     if resume and run.split.exists():
         split = D.read_split(run.split)
     else:
         split = D.stratified_split(records, D.parse_split(cfg.split), cfg.seed)
-        D.write_split(run.split, split)
+        if main:
+            D.write_split(run.split, split)
     train_recs, val_recs = D.select(records, split, "train"), D.select(records, split, "val")
     if not train_recs:
         raise D.DataError("the training subset is empty: use more images or a larger train fraction")
     if not val_recs:
         log.warning("no validation subset (split %s): best.pt will be the last epoch's model", cfg.split)
     counts = {s: sum(1 for v in split.values() if v == s) for s in D.SUBSETS}
-    log.info("split %s: %s; device %s", cfg.split, counts, device)
+    log.info("split %s: %s; device %s; %d process(es)", cfg.split, counts, device, info.world_size)
 
     ages = np.array([r.age for r in train_recs], float)
     mcfg = ModelConfig(
@@ -160,14 +223,16 @@ def fit(cfg: TrainConfig, resume: bool = False, given: dict | None = None, progr
     )
     if ckpt is not None:
         mcfg = ModelConfig.from_dict(dict(ckpt["model_config"]))
+    # Every rank starts from the same weights: same seed, and DDP broadcasts rank 0's at wrap time anyway.
     model = AgeGenderNet(mcfg, pretrained=None if ckpt is not None else cfg.pretrained).to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     preset = PresetConfig(mcfg.image_size, mcfg.crop_pct, mcfg.mean, mcfg.std)
 
     workers = default_workers(cfg.num_workers)
-    train_loader = make_loader(D.FaceDataset(cfg.data, train_recs, train_preset(preset, cfg.augment)),
-                               cfg.batch_size, True, workers, device, cfg.seed)
-    val_loader = make_loader(D.FaceDataset(cfg.data, val_recs, eval_preset(preset)),
-                             cfg.batch_size * 2, False, workers, device) if val_recs else None
+    train_ds, val_ds = _datasets(cfg, preset, train_recs, val_recs, info, progress)
+    train_loader = make_loader(train_ds, cfg.batch_size, True, workers, device, info, cfg.seed)
+    val_loader = make_loader(val_ds, cfg.batch_size * 2, False, workers, device, info, cfg.seed) if val_ds else None
 
     loss_fn = MultiTaskLoss(mcfg.age_mean, mcfg.age_std, cfg.age_loss, cfg.age_weight, cfg.gender_weight)
     optimizer = make_optimizer(model, cfg)
@@ -195,57 +260,75 @@ def fit(cfg: TrainConfig, resume: bool = False, given: dict | None = None, progr
         torch.set_rng_state(ckpt["rng_state"])
         history = list(ckpt["training"].get("history", []))
         start_epoch = int(ckpt["training"]["epoch"]) + 1
-        best_mae = float(ckpt["training"].get("best_val_age_mae", math.inf))
+        best_mae = float(ckpt["training"].get("best_val_age_mae") or math.inf)
+
+    train_model: torch.nn.Module = model
+    if info.enabled:
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
 
     fingerprint = D.data_fingerprint(cfg.data, records)
     training = {}
     for epoch in range(start_epoch, cfg.epochs + 1):
         # Re-seeding per epoch makes a resumed run shuffle exactly as an uninterrupted one would.
         train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
         t0 = time.time()
-        losses = train_one_epoch(model, train_loader, loss_fn, optimizer, device, epoch, scheduler, scaler,
-                                 use_amp, cfg.grad_clip, progress, ema)
+        losses = train_one_epoch(train_model, train_loader, loss_fn, optimizer, device, epoch, scheduler, scaler,
+                                 use_amp, cfg.grad_clip, progress and main, ema)
         row = {"epoch": epoch, "train_loss": losses.get("loss", math.nan),
                "train_age_loss": losses.get("age_loss", math.nan),
                "train_gender_loss": losses.get("gender_loss", math.nan), "lr": optimizer.param_groups[0]["lr"]}
         if val_loader is not None:
-            out = predict_batches(eval_model, val_loader, device, use_amp, cfg.flip_tta, progress,
-                                  desc=f"epoch {epoch} val")
-            recs = [val_recs[i] for i in out["index"]]
-            m = summarize(out["age"], [r.age for r in recs], out["p_female"], [r.gender for r in recs])
-            row |= {"val_age_mae": m["age_mae"], "val_cs5": m["cs5"], "val_gender_accuracy": m["gender_accuracy"],
-                    "val_gender_mae": m["gender_mae"]}
+            row |= _validate(eval_model, val_loader, val_recs, device, cfg, info, progress, f"epoch {epoch} val")
         row["seconds"] = round(time.time() - t0, 1)
         history.append(row)
         is_best = val_loader is None or row["val_age_mae"] < best_mae
         if val_loader is not None:
             best_mae = min(best_mae, row["val_age_mae"])
-        log.info("epoch %d/%d  %s", epoch, cfg.epochs,
-                 "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)))
+        summary = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
+        if info.enabled:
+            log.warning("rank %d epoch %d/%d  %s", info.rank, epoch, cfg.epochs, summary)
+        else:
+            log.info("epoch %d/%d  %s", epoch, cfg.epochs, summary)
 
         training = {
             "epoch": epoch, "config": cfg.to_dict(), "data_fingerprint": fingerprint, "metrics": row,
             "best_val_age_mae": best_mae if math.isfinite(best_mae) else None, "history": history,
             "split": {"file": run.split.name, "fractions": cfg.split, "seed": cfg.seed, "counts": counts},
-            "torch_version": str(torch.__version__),
+            "torch_version": str(torch.__version__), "world_size": info.world_size,
         }
-        # best.pt first: a crash between the two writes then loses no improvement.
-        inference = {"flip_tta": cfg.flip_tta}
-        if is_best:
-            save_checkpoint(make_checkpoint(eval_model, training, inference=inference), run.best)
-        resume_state = {"optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-                        "scaler_state": scaler.state_dict(), "rng_state": torch.get_rng_state()}
-        if ema is not None:
-            resume_state |= {"train_model_state": model.state_dict(), "ema_state": ema.state_dict()}
-        save_checkpoint(make_checkpoint(eval_model, training, inference=inference, **resume_state), run.last)
-        hist = pd.DataFrame(history)
-        tmp = run.metrics.with_suffix(".csv.tmp")
-        hist.to_csv(tmp, index=False)
-        os.replace(tmp, run.metrics)
-        training_curves(hist, run.curves)
+        if main:
+            _save_epoch(run, eval_model, model, ema, optimizer, scheduler, scaler, training, is_best, cfg)
+        barrier(info)
     if val_loader is not None and training:
-        calibrate(run.best, val_loader, val_recs, device, cfg.interval_coverage, progress)
+        barrier(info)
+        if main:
+            # Rank 0 alone sees the whole validation subset here, so the loader is not sharded.
+            loader = make_loader(val_ds, cfg.batch_size * 2, False, workers, device)
+            calibrate(run.best, loader, val_recs, device, cfg.interval_coverage, progress)
+        barrier(info)
     return training
+
+
+def _save_epoch(run: RunPaths, eval_model: torch.nn.Module, model: torch.nn.Module, ema, optimizer, scheduler,
+                scaler, training: dict, is_best: bool, cfg: TrainConfig) -> None:
+    inference = {"flip_tta": cfg.flip_tta}
+    # best.pt first: a crash between the two writes then loses no improvement.
+    if is_best:
+        save_checkpoint(make_checkpoint(eval_model, training, inference=inference), run.best)
+    resume_state = {"optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
+                    "scaler_state": scaler.state_dict(), "rng_state": torch.get_rng_state()}
+    if ema is not None:
+        resume_state |= {"train_model_state": model.state_dict(), "ema_state": ema.state_dict()}
+    save_checkpoint(make_checkpoint(eval_model, training, inference=inference, **resume_state), run.last)
+    hist = pd.DataFrame(training["history"])
+    tmp = run.metrics.with_suffix(".csv.tmp")
+    hist.to_csv(tmp, index=False)
+    os.replace(tmp, run.metrics)
+    training_curves(hist, run.curves)
 
 
 def calibrate(path: Path, loader: DataLoader, records: list[D.Record], device: torch.device, coverage: float,

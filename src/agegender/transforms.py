@@ -38,17 +38,25 @@ def _to_tensor(cfg: PresetConfig) -> list:
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(cfg.mean, cfg.std)]
 
 
-def train_preset(cfg: PresetConfig, strength: float = 1.0) -> T.Compose:
+def decode_preset(cfg: PresetConfig) -> T.Compose:
+    """What the decode cache stores: a PIL image resized and centre-cropped to a ``resize_size`` square,
+    as a uint8 tensor ``[3, R, R]``. Both presets below then start from exactly these pixels."""
+    return T.Compose([T.Resize(cfg.resize_size, antialias=True), T.CenterCrop(cfg.resize_size), T.PILToTensor()])
+
+
+def train_preset(cfg: PresetConfig, strength: float = 1.0, cached: bool = False) -> T.Compose:
     """The reference augmentation (random crop, horizontal flip, colour jitter), scaled by ``strength``.
 
-    Output: float tensor ``[3, image_size, image_size]``, normalised.
+    Input: a PIL image, or with ``cached`` a uint8 tensor from :func:`decode_preset` (augmentation then runs
+    on uint8 tensors, with no decoding or resizing). Output: float tensor ``[3, image_size, image_size]``,
+    normalised.
     """
     if strength < 0:
         raise ValueError(f"augmentation strength must be >= 0, got {strength}")
     j = 0.2 * strength
     return T.Compose(
         [
-            T.Resize(cfg.resize_size, antialias=True),
+            *([] if cached else [T.Resize(cfg.resize_size, antialias=True)]),
             T.RandomCrop(cfg.image_size),
             T.RandomHorizontalFlip(),
             T.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, 0.05 * strength)),
@@ -57,6 +65,7 @@ def train_preset(cfg: PresetConfig, strength: float = 1.0) -> T.Compose:
     )
 
 
-def eval_preset(cfg: PresetConfig) -> T.Compose:
-    """Resize then centre crop; output float tensor ``[3, image_size, image_size]``, normalised."""
-    return T.Compose([T.Resize(cfg.resize_size, antialias=True), T.CenterCrop(cfg.image_size), *_to_tensor(cfg)])
+def eval_preset(cfg: PresetConfig, cached: bool = False) -> T.Compose:
+    """Resize then centre crop (only the crop with ``cached``); output float ``[3, image_size, image_size]``."""
+    resize = [] if cached else [T.Resize(cfg.resize_size, antialias=True)]
+    return T.Compose([*resize, T.CenterCrop(cfg.image_size), *_to_tensor(cfg)])

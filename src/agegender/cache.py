@@ -1,0 +1,99 @@
+"""Decode each image once: a cache of resized uint8 pixels, in memory or memory-mapped on disk.
+
+JPEG decoding and resizing cost more than a small CNN's forward pass on a CPU, and the reference pipeline
+paid them for every image in every epoch. The cache holds each image after :func:`transforms.decode_preset`
+(``[R, R, 3]`` uint8, R = the preset's resize side), so an epoch only crops, flips and jitters.
+On disk it lives under ``$AGEGENDER_CACHE`` (default ``~/.cache/agegender``) in a file keyed by the data's
+fingerprint (file names and sizes) and R: changed files get a new cache, and later runs reuse it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from agegender.data import Record, data_fingerprint
+from agegender.images import ImageReadError, open_image
+
+log = logging.getLogger(__name__)
+CACHE_MODES = ("none", "memory", "disk")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AGEGENDER_CACHE", Path.home() / ".cache" / "agegender"))
+
+
+def _decode_all(root: Path, records: Sequence[Record], decode: Callable, out: np.ndarray, ok: np.ndarray,
+                progress: bool) -> None:
+    for i in tqdm(range(len(records)), desc="decode cache", disable=None if progress else True, unit="img"):
+        try:
+            out[i] = decode(open_image(root / records[i].file)).permute(1, 2, 0).numpy()
+            ok[i] = True
+        except ImageReadError as e:
+            log.warning("skipping unreadable image %s: %s", records[i].file, e)
+            ok[i] = False
+
+
+def build_cache(root: str | Path, records: Sequence[Record], decode: Callable, side: int, mode: str = "disk",
+                progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels [N, side, side, 3] uint8, readable [N] bool)`` for ``records``, decoded with ``decode``.
+
+    ``mode="disk"`` reuses or writes a memory-mapped file (written under a temporary name, then renamed, so
+    an interrupted build is never mistaken for a complete one); ``"memory"`` decodes into RAM.
+    """
+    if mode not in ("memory", "disk"):
+        raise ValueError(f"cache mode must be memory or disk, got {mode!r}")
+    root = Path(root)
+    shape = (len(records), side, side, 3)
+    if mode == "memory":
+        pixels, ok = np.empty(shape, np.uint8), np.zeros(len(records), bool)
+        _decode_all(root, records, decode, pixels, ok, progress)
+        return pixels, ok
+    key = f"{data_fingerprint(root, records)}_{len(records)}_{side}"
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path, ok_path = folder / f"{key}.npy", folder / f"{key}.ok.npy"
+    if path.exists() and ok_path.exists():
+        log.info("using decoded-image cache %s", path)
+        return np.load(path, mmap_mode="r"), np.load(ok_path)
+    log.info("building decoded-image cache %s (%.0f MB)", path, np.prod(shape) / 1e6)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    ok = np.zeros(len(records), bool)
+    try:
+        _decode_all(root, records, decode, pixels, ok, progress)
+        pixels.flush()
+        del pixels
+        np.save(ok_path.with_name(ok_path.name + ".tmp.npy"), ok)
+        os.replace(ok_path.with_name(ok_path.name + ".tmp.npy"), ok_path)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return np.load(path, mmap_mode="r"), ok
+
+
+class CachedFaceDataset(Dataset):
+    """Like :class:`data.FaceDataset`, but reads pixels from a decode cache: transforms get uint8 tensors."""
+
+    def __init__(self, pixels: np.ndarray, readable: np.ndarray, records: Sequence[Record],
+                 transform: Callable) -> None:
+        if len(pixels) != len(records):
+            raise ValueError(f"cache holds {len(pixels)} images for {len(records)} records")
+        self.pixels, self.readable, self.records, self.transform = pixels, readable, list(records), transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        if not self.readable[i]:
+            return None
+        image = torch.from_numpy(np.ascontiguousarray(self.pixels[i])).permute(2, 0, 1)
+        r = self.records[i]
+        return self.transform(image), {"age": float(r.age), "gender": float(r.gender)}, i

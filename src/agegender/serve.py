@@ -1,0 +1,380 @@
+"""HTTP service: ``POST /v1/predict`` finds faces in a photo and returns age and gender, ``GET /`` is a web page.
+
+The model is loaded once by the caller (:func:`create_app` takes a ready :class:`Predictor`). Uploads stay in
+memory: the body is read with a byte limit and multipart is parsed on those bytes, so nothing is spooled to disk.
+Decoding and prediction run in a small thread pool off the event loop, behind a bounded queue.
+
+Status codes of ``POST /v1/predict`` (every error body is ``{"error": code, "detail": sentence}``):
+200 ok (``faces`` may be empty); 400 malformed request (bad multipart, no ``file`` field, empty body);
+413 upload larger than ``max_upload_bytes``; 415 not an image format PIL reads, or a request content type other
+than multipart/form-data, image/* or application/octet-stream; 422 an image over ``max_pixels`` (a decompression
+bomb) or a corrupt image of a known format; 503 queue full (with ``Retry-After``); 504 not done in ``timeout_s``.
+
+FastAPI and its helpers are imported inside the functions that need them, so the CLI works without the extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, UnidentifiedImageError
+
+from agegender.images import MAX_PIXELS, ImageReadError, open_image
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from agegender.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+RAW_TYPES = ("application/octet-stream",)  # and any image/*
+MULTIPART_OVERHEAD = 16 * 1024  # room for boundaries and part headers on top of max_upload_bytes
+RETRY_AFTER_S = 1
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": code, "detail": detail}`` with HTTP ``status``."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+class QueueFull(Exception):
+    """Every worker is busy and ``max_queue`` jobs are already waiting."""
+
+
+class JobQueue:
+    """A thread pool of ``workers`` threads that accepts at most ``max_queue`` jobs waiting beyond those running.
+
+    A slot is freed when its job finishes or is cancelled, not when a request gives up waiting: a timed-out job
+    that already runs keeps its slot until it ends, so the bound always reflects the work really in the pool.
+    """
+
+    def __init__(self, workers: int, max_queue: int) -> None:
+        if workers < 1 or max_queue < 0:
+            raise ValueError(f"need workers >= 1 and max_queue >= 0, got {workers} and {max_queue}")
+        self.capacity = workers + max_queue
+        self.in_flight = 0
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agegender-serve")
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        with self._lock:
+            if self.in_flight >= self.capacity:
+                raise QueueFull
+            self.in_flight += 1
+        try:
+            future = self._pool.submit(fn, *args)
+        except BaseException:
+            self._release(None)
+            raise
+        future.add_done_callback(self._release)
+        return future
+
+    def _release(self, _future: Future | None) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def model_card(predictor: Predictor, model_id: str) -> dict:
+    """What ``GET /v1/model`` answers: architecture, calibration, labels and the training facts on record."""
+    info = predictor.checkpoint_info
+    cfg = predictor.model.config
+    training = info.get("training", {})
+    card = {
+        "model": model_id, "backbone": cfg.backbone, "image_size": cfg.image_size, "crop_pct": cfg.crop_pct,
+        "age_head": cfg.age_head, "flip_tta": predictor.flip_tta, "labels": info.get("labels"),
+        "calibration": info.get("calibration"),
+        "training": {k: training[k] for k in ("epoch", "data_fingerprint", "best_val_age_mae", "torch_version")
+                     if k in training},
+    }
+    if "split" in training:
+        card["training"]["split"] = {k: v for k, v in training["split"].items() if k in ("fractions", "seed", "counts")}
+    if "metrics" in training:
+        card["training"]["last_epoch_metrics"] = training["metrics"]
+    card["training"] |= {k: v for k, v in training.items() if k.startswith("test")}
+    return _finite(card)
+
+
+def _probe_and_decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode ``data``, telling apart "not an image" (415) from "too many pixels" and "corrupt" (422)."""
+    if not data:
+        raise ApiError(400, "empty_upload", "The upload is empty (0 bytes).")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+            w, h, fmt = *probe.size, probe.format
+    except UnidentifiedImageError:
+        raise ApiError(415, "unsupported_image", "The upload is not an image format this service reads "
+                       "(JPEG, PNG, WebP, BMP, GIF, TIFF, ...).") from None
+    except Image.DecompressionBombError as e:
+        raise ApiError(422, "too_many_pixels", f"The image is refused as a decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ApiError(422, "corrupt_image", f"The image header cannot be read: {e}") from None
+    if w * h > max_pixels:
+        raise ApiError(422, "too_many_pixels", f"The image is {w}x{h} pixels; the limit is {max_pixels:,} pixels.")
+    try:
+        return open_image(data, max_pixels=max_pixels)
+    except ImageReadError as e:
+        raise ApiError(422, "corrupt_image", f"The {fmt} image cannot be decoded: {e}") from None
+
+
+def _predict_job(predictor: Predictor, data: bytes, max_pixels: int) -> dict:
+    """The CPU-bound part of a request, run in a worker thread."""
+    t0 = time.perf_counter()
+    image = _probe_and_decode(data, max_pixels)
+    t1 = time.perf_counter()
+    faces = predictor.predict_faces([image])[0]
+    t2 = time.perf_counter()
+    out = []
+    for face in faces:
+        d = face.to_dict()
+        out.append({k: d[k] for k in ("face", "box", "landmarks", "det_score", "age", "age_low", "age_high",
+                                      "gender", "p_female")})
+    return {"faces": out, "width": image.width, "height": image.height,
+            "timing_ms": {"decode": 1000 * (t1 - t0), "detect_predict": 1000 * (t2 - t1)}}
+
+
+def _multipart_file(body: bytes, content_type: str, field: str = "file") -> bytes:
+    """The content of form field ``field`` in a multipart/form-data ``body``, parsed in memory."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "bad_multipart", "The multipart/form-data content type has no boundary.")
+    parts: list[tuple[dict[bytes, bytes], bytearray]] = []
+    header: list[bytearray] = [bytearray(), bytearray()]
+
+    def on_part_begin() -> None:
+        parts.append(({}, bytearray()))
+
+    def on_header_end() -> None:
+        parts[-1][0][bytes(header[0]).lower()] = bytes(header[1])
+        header[0], header[1] = bytearray(), bytearray()
+
+    callbacks = {
+        "on_part_begin": on_part_begin, "on_header_end": on_header_end,
+        "on_header_field": lambda data, start, end: header[0].extend(data[start:end]),
+        "on_header_value": lambda data, start, end: header[1].extend(data[start:end]),
+        "on_part_data": lambda data, start, end: parts[-1][1].extend(data[start:end]),
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks)
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as e:
+        raise ApiError(400, "bad_multipart", f"The multipart body cannot be parsed: {e}") from None
+    for headers, data in parts:
+        if parse_options_header(headers.get(b"content-disposition"))[1].get(b"name") == field.encode():
+            return bytes(data)
+    raise ApiError(400, "missing_file", f"The multipart form has no field named {field!r}.")
+
+
+PREDICT_BODY = {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}
+
+
+def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = MAX_PIXELS,
+               timeout_s: float = 30.0, max_queue: int = 8, workers: int = 1, model_name: str | None = None
+               ) -> FastAPI:
+    """The web app around a loaded ``predictor``; ``model_name`` (e.g. the checkpoint's file name) goes into the
+    model id reported with every answer. ``app.state.jobs`` is the :class:`JobQueue` that runs the predictions."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException
+
+    cfg = predictor.model.config
+    model_id = f"{cfg.backbone}-{cfg.image_size}px" + (f":{model_name}" if model_name else "")
+    predictor.detector  # noqa: B018 - load the face detector now, once, not in the first request
+    jobs = JobQueue(workers, max_queue)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        jobs.shutdown()
+
+    app = FastAPI(title="agegender", version="1", lifespan=lifespan,
+                  description="Age and gender of the faces in a photo. Errors are "
+                  '`{"error": code, "detail": sentence}`.')
+    app.state.jobs = jobs
+    app.state.limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "timeout_s": timeout_s,
+                        "workers": workers, "max_queue": max_queue}
+
+    def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, e: ApiError) -> JSONResponse:
+        log.info("%d %s: %s", e.status, e.code, e.detail)
+        return error(e.status, e.code, e.detail, e.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        codes = {404: ("not_found", f"There is nothing at {request.url.path}."),
+                 405: ("method_not_allowed", f"{request.method} is not allowed on {request.url.path}.")}
+        code, detail = codes.get(e.status_code, (f"http_{e.status_code}", str(e.detail)))
+        return error(e.status_code, code, detail, getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, e: RequestValidationError) -> JSONResponse:
+        return error(422, "validation_error", f"The request is invalid: {e.errors()}")
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, e: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return error(500, "internal_error", f"The server failed: {type(e).__name__}.")
+
+    async def read_body(request: Request, limit: int) -> bytes:
+        too_large = ApiError(413, "upload_too_large", f"The upload exceeds the limit of {max_upload_bytes:,} bytes.")
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise ApiError(400, "bad_content_length", "The Content-Length header is not a number.")
+            if int(declared) > limit:
+                raise too_large
+        body = bytearray()
+        async for chunk in request.stream():  # counted as it arrives: a chunked or lying client is cut off too
+            body.extend(chunk)
+            if len(body) > limit:
+                raise too_large
+        return bytes(body)
+
+    @app.post("/v1/predict", summary="Faces with age and gender", openapi_extra={"requestBody": PREDICT_BODY})
+    async def predict(request: Request) -> dict:
+        """A photo as multipart field `file`, or as the raw body (Content-Type image/* or
+        application/octet-stream)."""
+        start = time.perf_counter()
+        content_type = request.headers.get("content-type", "application/octet-stream").lower()
+        multipart = content_type.startswith("multipart/form-data")
+        if not (multipart or content_type.startswith("image/") or content_type.startswith(RAW_TYPES)):
+            raise ApiError(415, "unsupported_media_type", f"Content-Type {content_type} is not accepted: send "
+                           "multipart/form-data with field 'file', or the image with Content-Type image/* or "
+                           "application/octet-stream.")
+        try:
+            async with asyncio.timeout(timeout_s):
+                body = await read_body(request, max_upload_bytes + (MULTIPART_OVERHEAD if multipart else 0))
+                data = _multipart_file(body, content_type) if multipart else body
+                if len(data) > max_upload_bytes:
+                    raise ApiError(413, "upload_too_large", f"The file exceeds the limit of {max_upload_bytes:,} "
+                                   "bytes.")
+                try:
+                    future = jobs.submit(_predict_job, predictor, data, max_pixels)
+                except QueueFull:
+                    raise ApiError(503, "busy", "The server is busy; retry shortly.",
+                                   {"Retry-After": str(RETRY_AFTER_S)}) from None
+                result = await asyncio.wrap_future(future)  # a timeout cancels the job if it has not started
+        except TimeoutError:
+            raise ApiError(504, "timeout", f"The request took longer than {timeout_s:g} s.") from None
+        result["timing_ms"]["total"] = 1000 * (time.perf_counter() - start)
+        result["timing_ms"] = {k: round(v, 1) for k, v in result["timing_ms"].items()}
+        return {"model": model_id, **result}
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/model", summary="Model card")
+    async def model() -> dict:
+        return {**model_card(predictor, model_id), "limits": app.state.limits}
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="checkpoint (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="prediction threads (default 1)")
+    p.add_argument("--max-queue", type=int, default=8, help="requests that may wait for a thread (default 8)")
+    p.add_argument("--max-upload-mb", type=float, default=10, help="largest upload in MiB (default 10)")
+    p.add_argument("--timeout", type=float, default=30, help="seconds before a request fails with 504 (default 30)")
+    p.add_argument("--device", default="cpu")
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``serve`` subcommand (needs the ``serve`` extras at run time, not to build the parser)."""
+    from agegender.cli import _add_common
+
+    p = subparsers.add_parser("serve", help="run the web service and page",
+                              description="Serve POST /v1/predict, GET /v1/model and a web page at / over HTTP.")
+    _add_serve_options(p)
+    _add_common(p)
+    return p
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        log.error("agegender serve needs the serve extras: pip install 'agegender[serve]'")
+        return 2
+    from agegender.predictor import Predictor, resolve_model_path
+
+    path = resolve_model_path(args.model)
+    predictor = Predictor.from_checkpoint(path, device=args.device)
+    app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout_s=args.timeout,
+                     max_queue=args.max_queue, workers=args.workers, model_name=path.name)
+    log.info("model %s (%s); http://%s:%d/", path, predictor.model.config.backbone, args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None,
+                log_level="warning" if getattr(args, "quiet", False) else "info")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agegender.serve``: the same as ``agegender serve``."""
+    from agegender.cli import _add_common, _setup_logging
+
+    p = argparse.ArgumentParser(prog="python -m agegender.serve", description="Run the agegender web service.")
+    _add_serve_options(p)
+    _add_common(p)
+    args = p.parse_args(argv)
+    _setup_logging(-1 if args.quiet else args.verbose)
+    try:
+        return cmd_serve(args)
+    except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
+        log.error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
