@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the mirrored image (default: as the checkpoint was calibrated)")
+    e.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="run the network with torch (default) or onnxruntime (a .onnx --model implies onnx)")
     _add_common(e)
 
     p = sub.add_parser("predict", help="find faces in photos and predict their age and gender",
@@ -134,7 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the mirrored image (default: as the checkpoint was calibrated)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="run the network with torch (default) or onnxruntime (a .onnx --model implies onnx)")
     _add_common(p)
+
+    x = sub.add_parser("export", help="export a model to ONNX",
+                       description="Export to ONNX: input 'image' float32 [N, 3, S, S] (normalised as the "
+                       "model's eval preset; N dynamic), outputs 'age', 'age_sigma', 'p_female', "
+                       "'gender_logit' [N]. Model config, preprocessing and calibration travel in the file's "
+                       "metadata. Opset 17 by default (onnxruntime >= 1.14).")
+    x.add_argument("--model", help="checkpoint (default: the bundled model)")
+    x.add_argument("--out", required=True, help="model.onnx to write")
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    _add_common(x)
     return parser
 
 
@@ -147,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     from agegender.images import ImageReadError
     from agegender.model import PretrainedWeightsError
 
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
@@ -185,7 +199,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from agegender.trainer import default_workers, make_loader
 
     model_path = resolve_model_path(args.model)
-    predictor = Predictor.from_checkpoint(model_path, device=args.device, flip_tta=args.tta)
+    predictor = Predictor.from_checkpoint(model_path, device=args.device, flip_tta=args.tta, runtime=args.runtime)
     records = D.scan_utkface(args.data).records
     scope = "all labelled images"
     if args.split_file:
@@ -256,6 +270,15 @@ def _expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]
     return files, errors
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from agegender.export import export_checkpoint
+    from agegender.predictor import resolve_model_path
+
+    out = export_checkpoint(resolve_model_path(args.model), args.out, args.opset)
+    log.info("wrote %s", out)
+    return EXIT_OK
+
+
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
@@ -286,7 +309,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         detector = FaceDetector(min_face_size=args.min_face, thresholds=(0.6, 0.7, args.det_threshold),
                                 device=args.device)
     predictor = Predictor.from_checkpoint(resolve_model_path(args.model), device=args.device, flip_tta=args.tta,
-                                          detector=detector)
+                                          detector=detector, runtime=args.runtime)
     annotate_dir = Path(args.annotate) if args.annotate else None
     if annotate_dir:
         from agegender.annotate import draw_faces

@@ -81,6 +81,19 @@ def _metadata_entries(config: ModelConfig, metadata: dict[str, Any] | None) -> d
     return entries
 
 
+def checkpoint_metadata(ckpt: dict) -> dict[str, Any]:
+    """What a checkpoint knows beyond the weights that inference uses: calibration and inference settings."""
+    return {k: ckpt[k] for k in ("calibration", "inference") if k in ckpt}
+
+
+def export_checkpoint(ckpt_path: str | Path, out: str | Path, opset: int = ONNX_OPSET) -> Path:
+    """Export the checkpoint at ``ckpt_path`` (weights, calibration, inference settings) to ``out``."""
+    from agegender.checkpoint import load_model
+
+    model, ckpt = load_model(ckpt_path)
+    return export_onnx(model, out, opset, checkpoint_metadata(ckpt))
+
+
 def export_onnx(model: AgeGenderNet, path: str | Path, opset: int = ONNX_OPSET,
                 metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to ``path`` as a self-contained ONNX file (see the module docstring for the graph).
@@ -171,6 +184,14 @@ class OnnxModel:
             self.config = ModelConfig.from_dict(json.loads(self.metadata[CONFIG_KEY]))
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"bad model config in {self.path}: {e}") from e
+
+    def checkpoint_like(self) -> dict:
+        """The parts of a checkpoint dict a Predictor reads (calibration, inference settings, model config)."""
+        out: dict[str, Any] = {"model_config": self.config.to_dict(), "format": "onnx"}
+        for key in ("calibration", "inference"):
+            if key in self.metadata:
+                out[key] = json.loads(self.metadata[key])
+        return out
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``x`` ``[N, 3, S, S]`` normalised -> ``{"age", "age_sigma", "gender_logit"}``, each ``[N]`` (CPU)."""

@@ -24,6 +24,23 @@ ImageInput = Image.Image | str | Path | bytes | np.ndarray
 BUNDLED_MODEL = Path(__file__).with_name("default_model.pt")
 
 
+RUNTIMES = ("torch", "onnx")
+
+
+def _exported(checkpoint: Path) -> Path:
+    """The ONNX export of ``checkpoint``, made once and kept in the cache folder."""
+    import hashlib
+
+    from agegender.cache import cache_dir
+    from agegender.export import export_checkpoint
+
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
+    out = cache_dir() / "onnx" / f"{checkpoint.stem}-{digest}.onnx"
+    if not out.exists():
+        export_checkpoint(checkpoint, out)
+    return out
+
+
 def resolve_model_path(path: str | Path | None) -> Path:
     """``path``, or the bundled model when ``path`` is None."""
     if path is not None:
@@ -113,7 +130,22 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", flip_tta: bool | None = None,
-                        detector=None) -> Predictor:
+                        detector=None, runtime: str = "torch") -> Predictor:
+        """A predictor for a checkpoint (``.pt``) or an exported ``.onnx`` file.
+
+        ``runtime="onnx"`` runs the network with onnxruntime: an ``.onnx`` file directly; a checkpoint is
+        exported once into the cache folder (keyed by its content hash) and that file is used.
+        """
+        path = Path(path)
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        if path.suffix == ".onnx" or runtime == "onnx":
+            from agegender.export import OnnxModel
+
+            onnx_path = path if path.suffix == ".onnx" else _exported(path)
+            model = OnnxModel(onnx_path)
+            return cls(model, device="cpu", flip_tta=flip_tta, checkpoint=model.checkpoint_like(),
+                       detector=detector)
         model, ckpt = load_model(path)
         return cls(model, device=device, flip_tta=flip_tta, checkpoint=ckpt, detector=detector)
 
