@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,22 +32,27 @@ def cache_dir() -> Path:
 
 
 def _decode_all(root: Path, records: Sequence[Record], decode: Callable, out: np.ndarray, ok: np.ndarray,
-                progress: bool) -> None:
+                progress: bool, load: Callable) -> list[tuple[str, str]]:
+    failures = []
     for i in tqdm(range(len(records)), desc="decode cache", disable=None if progress else True, unit="img"):
         try:
-            out[i] = decode(open_image(root / records[i].file)).permute(1, 2, 0).numpy()
+            out[i] = decode(load(root / records[i].file)).permute(1, 2, 0).numpy()
             ok[i] = True
         except ImageReadError as e:
-            log.warning("skipping unreadable image %s: %s", records[i].file, e)
+            log.warning("skipping %s: %s", records[i].file, e)
+            failures.append((records[i].file, str(e)))
             ok[i] = False
+    return failures
 
 
 def build_cache(root: str | Path, records: Sequence[Record], decode: Callable, side: int, mode: str = "disk",
-                progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``(pixels [N, side, side, 3] uint8, readable [N] bool)`` for ``records``, decoded with ``decode``.
+                progress: bool = True, load: Callable = open_image) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels [N, side, side, 3] uint8, readable [N] bool)`` for ``records``, read with ``load`` (a photo
+    loader may detect and align) and decoded with ``decode``.
 
     ``mode="disk"`` reuses or writes a memory-mapped file (written under a temporary name, then renamed, so
-    an interrupted build is never mistaken for a complete one); ``"memory"`` decodes into RAM.
+    an interrupted build is never mistaken for a complete one); ``"memory"`` decodes into RAM. Images that
+    cannot be used are logged and marked unreadable; a one-line summary counts them.
     """
     if mode not in ("memory", "disk"):
         raise ValueError(f"cache mode must be memory or disk, got {mode!r}")
@@ -54,9 +60,11 @@ def build_cache(root: str | Path, records: Sequence[Record], decode: Callable, s
     shape = (len(records), side, side, 3)
     if mode == "memory":
         pixels, ok = np.empty(shape, np.uint8), np.zeros(len(records), bool)
-        _decode_all(root, records, decode, pixels, ok, progress)
+        _summarise(_decode_all(root, records, decode, pixels, ok, progress, load), len(records))
         return pixels, ok
-    key = f"{data_fingerprint(root, records)}_{len(records)}_{side}"
+    # A detect-and-align loader stores other pixels than a plain one: it gets its own key.
+    kind = getattr(load, "cache_key", "")
+    key = f"{data_fingerprint(root, records)}_{len(records)}_{side}{kind}"
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path, ok_path = folder / f"{key}.npy", folder / f"{key}.ok.npy"
@@ -68,7 +76,7 @@ def build_cache(root: str | Path, records: Sequence[Record], decode: Callable, s
     pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     ok = np.zeros(len(records), bool)
     try:
-        _decode_all(root, records, decode, pixels, ok, progress)
+        _summarise(_decode_all(root, records, decode, pixels, ok, progress, load), len(records))
         pixels.flush()
         del pixels
         np.save(ok_path.with_name(ok_path.name + ".tmp.npy"), ok)
@@ -77,6 +85,13 @@ def build_cache(root: str | Path, records: Sequence[Record], decode: Callable, s
     finally:
         tmp.unlink(missing_ok=True)
     return np.load(path, mmap_mode="r"), ok
+
+
+def _summarise(failures: list[tuple[str, str]], total: int) -> None:
+    if failures:
+        kinds = Counter(why.split(": ", 1)[-1].split(" (")[0] for _, why in failures)
+        log.warning("%d of %d images skipped: %s", len(failures), total,
+                    ", ".join(f"{n} x {k}" for k, n in kinds.most_common(5)))
 
 
 class CachedFaceDataset(Dataset):
@@ -94,6 +109,6 @@ class CachedFaceDataset(Dataset):
     def __getitem__(self, i: int):
         if not self.readable[i]:
             return None
-        image = torch.from_numpy(np.ascontiguousarray(self.pixels[i])).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(self.pixels[i])).permute(2, 0, 1)  # a copy: memmaps are read-only
         r = self.records[i]
         return self.transform(image), {"age": float(r.age), "gender": float(r.gender)}, i

@@ -59,6 +59,12 @@ TRAIN_HELP = {
     "ema": "decay of an exponential moving average of the weights (e.g. 0.999), 0 = off",
     "flip_tta": "validate, calibrate and predict on the image and its mirror image",
     "interval_coverage": "share of true ages the predicted age interval should hold",
+    "labels": "CSV with columns file (relative to --data) and any of age, gender (male/female or 0/1, 0 = male), "
+    "age_group (25-32, 70+); for folders not named the UTKFace way",
+    "detect": "images are uncropped photos: detect each face (MTCNN) and align it to UTKFace's framing first",
+    "face": "with --detect: skip photos with several faces (single) or use the largest (largest)",
+    "init": "start from a trained checkpoint (PATH, or 'bundled' for the packaged model): fine-tuning",
+    "freeze_backbone_epochs": "with --init: train only the two heads for this many epochs, then everything",
     "cache": "decode each image once: none, memory, or disk (memory-mapped under $AGEGENDER_CACHE or "
     "~/.cache/agegender, reused by later runs and rebuilt when files change)",
     "channels_last": "channels-last memory format on CUDA",
@@ -106,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "file). Writes REPORT.json, PREDS.csv and two plots beside REPORT.json.")
     e.add_argument("--model", help="checkpoint (default: the bundled model)")
     e.add_argument("--data", required=True, help="UTKFace folder")
+    e.add_argument("--labels", help="CSV of file,age,gender,age_group (any subset of the label columns) for a "
+                   "folder not named the UTKFace way; only the figures its labels allow are reported")
+    e.add_argument("--detect", action="store_true", help="images are uncropped photos: detect and align faces")
+    e.add_argument("--face", choices=["single", "largest"], default="single",
+                   help="with --detect: skip photos with several faces (default) or use the largest")
     e.add_argument("--split-file", help="a run's split.csv, to evaluate one subset")
     e.add_argument("--subset", default="test", choices=["train", "val", "test"], help="subset (default test)")
     e.add_argument("--out", required=True, help="REPORT.json to write")
@@ -124,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "--aligned, treat each image as a ready face crop. Inputs are files or folders (searched "
                        "recursively). Writes CSV or JSON by the extension of --out: a row per face, and a row "
                        "with status no_face or error where there is none or the file cannot be read.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
+    p.add_argument("--labels", help="predict the files listed in this CSV (column file, relative to --data)")
+    p.add_argument("--data", help="folder the --labels file names are relative to")
     p.add_argument("--model", help="checkpoint (default: the bundled model)")
     p.add_argument("--out", required=True, help="PREDS.csv or PREDS.json")
     p.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
@@ -192,15 +205,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from agegender import data as D
+    from agegender.cache import CachedFaceDataset, build_cache
     from agegender.engine import predict_batches
-    from agegender.metrics import age_interval, expected_calibration_error, interval_coverage, report
+    from agegender.metrics import (
+        age_group_scores,
+        age_interval,
+        expected_calibration_error,
+        interval_coverage,
+        report,
+    )
     from agegender.plots import age_scatter, mae_by_bucket
     from agegender.predictor import Predictor, resolve_model_path
-    from agegender.trainer import default_workers, make_loader
+    from agegender.trainer import default_workers, make_loader, scan
+    from agegender.transforms import PresetConfig, decode_preset, eval_preset
 
     model_path = resolve_model_path(args.model)
     predictor = Predictor.from_checkpoint(model_path, device=args.device, flip_tta=args.tta, runtime=args.runtime)
-    records = D.scan_utkface(args.data).records
+    scanned = scan(args.data, args.labels)
+    records = scanned.records
     scope = "all labelled images"
     if args.split_file:
         split = D.read_split(args.split_file)
@@ -211,15 +233,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         scope = f"subset {args.subset} of {args.split_file}"
         if not records:
             raise D.DataError(f"no image of {scope} found in {args.data}")
-    ds = D.FaceDataset(args.data, records, predictor.transform)
-    loader = make_loader(ds, args.batch_size, False, default_workers(args.num_workers), predictor.device)
+    workers = default_workers(args.num_workers)
+    if args.detect:
+        # Detect once, up front, so every skipped photo is counted with its reason.
+        from agegender.faces import AlignedFaceLoader
+
+        cfg = predictor.model.config
+        preset = PresetConfig(cfg.image_size, cfg.crop_pct, cfg.mean, cfg.std)
+        pixels, ok = build_cache(args.data, records, decode_preset(preset), preset.resize_size, "memory",
+                                 not args.quiet, AlignedFaceLoader(args.face))
+        ds = CachedFaceDataset(pixels, ok, records, eval_preset(preset, cached=True))
+        workers = 0  # the pixels are already in this process's memory
+    else:
+        ds = D.FaceDataset(args.data, records, predictor.transform)
+    loader = make_loader(ds, args.batch_size, False, workers, predictor.device)
     out = predict_batches(predictor.model, loader, predictor.device, flip_tta=predictor.flip_tta,
-                          progress=not args.quiet,
-                          desc="evaluate")
+                          progress=not args.quiet, desc="evaluate")
     recs = [records[i] for i in out["index"]]
     df = pd.DataFrame({
         "file": [r.file for r in recs], "age_true": [r.age for r in recs], "gender_true": [r.gender for r in recs],
         "race": [r.race for r in recs], "age_pred": out["age"].round(3), "p_female": out["p_female"].round(5),
+        "age_group_true": [f"{g[0]}-{g[1]}" if g else "" for g in (r.age_group for r in recs)],
     })
     if df.empty:
         raise D.DataError(f"none of the {len(records)} images of {scope} could be read")
@@ -227,27 +261,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         low, high = age_interval(out["age"], out["age_sigma"], predictor.interval_scale)
         df["age_low"], df["age_high"] = low.round(3), high.round(3)
     rep = report(df)
-    rep["gender_ece"] = expected_calibration_error(df["p_female"], df["gender_true"])
-    if "age_low" in df:
+    known_gender = df["gender_true"].notna()
+    if known_gender.any():
+        rep["gender_ece"] = expected_calibration_error(df["p_female"][known_gender], df["gender_true"][known_gender])
+    rep |= age_group_scores(df["age_pred"].to_numpy(), [r.age_group for r in recs])
+    known_age = df["age_true"].notna()
+    if "age_low" in df and known_age.any():
+        k = df[known_age]
         rep["age_interval"] = {
             "target_coverage": predictor.interval_coverage,
-            "coverage": interval_coverage(df["age_low"], df["age_high"], df["age_true"]),
+            "coverage": interval_coverage(k["age_low"], k["age_high"], k["age_true"]),
             "mean_width": float((df["age_high"] - df["age_low"]).mean()),
         }
-    rep["meta"] = {"model": str(model_path), "data": str(args.data), "scope": scope, "tta": predictor.flip_tta,
-                   "unreadable": len(records) - len(df)}
+    rep["meta"] = {"model": str(model_path), "data": str(args.data), "labels": args.labels, "scope": scope,
+                   "tta": predictor.flip_tta, "skipped_labels": len(scanned.skipped),
+                   "skipped_unreadable_or_no_face": len(records) - len(df)}
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     preds_path = Path(args.predictions) if args.predictions else out_path.with_name(out_path.stem + "_preds.csv")
     preds_path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(preds_path, index=False)
     out_path.write_text(json.dumps(rep, indent=2))
-    age_scatter(df, out_path.with_name(out_path.stem + "_age_scatter.png"),
-                f"{scope}: MAE {rep['age_mae']:.2f} y, n={rep['n']}")
-    mae_by_bucket(rep, out_path.with_name(out_path.stem + "_mae_by_age.png"))
-    log.info("n=%d  age MAE %.2f  RMSE %.2f  CS@5 %.1f%%  gender acc %.2f%%  gender MAE %.3f  AUC %.4f -> %s",
-             rep["n"], rep["age_mae"], rep["age_rmse"], rep["cs5"], 100 * rep["gender_accuracy"],
-             rep["gender_mae"], rep["gender_auc"] or float("nan"), out_path)
+    if "age_mae" in rep:
+        age_scatter(df[known_age], out_path.with_name(out_path.stem + "_age_scatter.png"),
+                    f"{scope}: MAE {rep['age_mae']:.2f} y, n={int(known_age.sum())}")
+        mae_by_bucket(rep, out_path.with_name(out_path.stem + "_mae_by_age.png"))
+    figures = {"age MAE": rep.get("age_mae"), "CS@5 %": rep.get("cs5"), "gender acc": rep.get("gender_accuracy"),
+               "gender MAE": rep.get("gender_mae"), "gender AUC": rep.get("gender_auc"),
+               "age-group acc": rep.get("age_group_accuracy"), "one-off": rep.get("age_group_one_off")}
+    log.info("n=%d  %s -> %s", rep["n"], "  ".join(f"{k} {v:.3f}" for k, v in figures.items() if v is not None),
+             out_path)
     return EXIT_OK
 
 
@@ -315,7 +358,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from agegender.annotate import draw_faces
 
         annotate_dir.mkdir(parents=True, exist_ok=True)
+    if not args.inputs and not args.labels:
+        raise ValueError("give image files or folders, or --data DIR --labels labels.csv")
     files, errors = _expand_inputs(args.inputs)
+    if args.labels:
+        from agegender.trainer import scan
+
+        if not args.data:
+            raise ValueError("--labels needs --data, the folder its file names are relative to")
+        files += [Path(args.data) / r.file for r in scan(args.data, args.labels).records]
     rows: list[dict] = [{"file": f, "status": "error", "error": why} for f, why in errors]
     n_faces = n_no_face = 0
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=True if args.quiet else None,

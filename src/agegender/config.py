@@ -63,6 +63,11 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     flip_tta: bool = False  # validate (and predict by default) on the image and its mirror image
     interval_coverage: float = 0.8  # share of true ages the predicted age interval should hold
+    labels: str = ""  # CSV of file,age,gender,age_group for folders not named the UTKFace way
+    detect: bool = False  # images are uncropped photos: detect and align each face first
+    face: str = "single"  # with detect: skip photos with several faces (single) or take the largest
+    init: str = ""  # start from a trained checkpoint (a path, or "bundled") instead of ImageNet / random
+    freeze_backbone_epochs: int = 0  # with init: train only the heads for this many epochs first
     cache: str = "disk"  # decoded-image cache: none | memory | disk (memory-mapped, reused across runs)
     channels_last: bool = True  # on CUDA only
     compile: bool = False  # torch.compile the model (CUDA; slow to start)
@@ -86,6 +91,8 @@ class TrainConfig:
         need(self.limit >= 0, "--limit must be >= 0")
         need(0 <= self.ema < 1, "ema must be in [0, 1)")
         need(self.cache in ("none", "memory", "disk"), "--cache must be none, memory or disk")
+        need(self.face in ("single", "largest"), "--face must be single or largest")
+        need(self.freeze_backbone_epochs >= 0, "--freeze-backbone-epochs must be >= 0")
         need(0 < self.interval_coverage < 1, "interval_coverage must be in (0, 1)")
         parse_split(self.split)
         return self

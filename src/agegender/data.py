@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -37,12 +38,25 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Record:
-    """One labelled face crop; ``file`` is relative to the data root, with forward slashes."""
+    """One labelled face image; ``file`` is relative to the data root, with forward slashes.
+
+    UTKFace gives every label. A labels file may leave some out: ``age`` and ``gender`` are then NaN,
+    ``race`` is -1, and ``age_group`` (an inclusive ``(low, high)`` range in years) may stand in for the age.
+    """
 
     file: str
-    age: int
-    gender: int
-    race: int
+    age: float
+    gender: float
+    race: int = -1
+    age_group: tuple[int, int] | None = None
+
+    def stratum(self) -> tuple[str, int]:
+        """(age bucket, gender) for stratified splitting; what is unknown forms a stratum of its own."""
+        age = self.age
+        if math.isnan(age) and self.age_group is not None:
+            age = sum(self.age_group) / 2
+        bucket = "unknown" if math.isnan(age) else age_bucket(min(age, MAX_AGE))
+        return bucket, -1 if math.isnan(self.gender) else int(self.gender)
 
 
 def age_bucket(age: float) -> str:
@@ -196,7 +210,7 @@ def stratified_split(
     """
     strata: dict[tuple[str, int], list[Record]] = {}
     for r in records:
-        strata.setdefault((age_bucket(r.age), r.gender), []).append(r)
+        strata.setdefault(r.stratum(), []).append(r)
     out: dict[str, str] = {}
     for members in strata.values():
         members = sorted(members, key=lambda r: (_hash01(seed, Path(r.file).name), r.file))
@@ -238,13 +252,17 @@ def select(records: Iterable[Record], split: dict[str, str], subset: str) -> lis
 class FaceDataset(Dataset):
     """Face crops with their labels; an unreadable image yields ``None`` (dropped by :func:`collate`).
 
-    Item: ``(image tensor [3, H, W], {"age": float, "gender": float}, index)``.
+    Item: ``(image tensor [3, H, W], {"age": float, "gender": float}, index)``; NaN marks an unknown label.
+    ``load`` turns a path into a PIL image (default :func:`images.open_image`; a detect-and-align loader for
+    uncropped photos) and raises :class:`images.ImageReadError` for what it cannot use.
     """
 
-    def __init__(self, root: str | Path, records: Sequence[Record], transform: Callable) -> None:
+    def __init__(self, root: str | Path, records: Sequence[Record], transform: Callable,
+                 load: Callable = open_image) -> None:
         self.root = Path(root)
         self.records = list(records)
         self.transform = transform
+        self.load = load
 
     def __len__(self) -> int:
         return len(self.records)
@@ -252,7 +270,7 @@ class FaceDataset(Dataset):
     def __getitem__(self, i: int):
         r = self.records[i]
         try:
-            img = open_image(self.root / r.file)
+            img = self.load(self.root / r.file)
         except ImageReadError as e:
             log.warning("skipping unreadable image %s: %s", r.file, e)
             return None

@@ -163,3 +163,29 @@ def expected_calibration_error(p_female: np.ndarray, gender: np.ndarray, bins: i
         if sel.any():
             ece += sel.mean() * abs(conf[sel].mean() - correct[sel].mean())
     return float(ece)
+
+
+def age_group_scores(age_pred: np.ndarray, groups: list[tuple[int, int] | None]) -> dict:
+    """Accuracy of predicted ages against labelled age ranges (inclusive; a prediction counts when it rounds
+    into the range), and one-off accuracy: inside the true range or one of its neighbours among the distinct
+    ranges of the data, sorted (the usual Adience-style "1-off"). Items without a group are ignored.
+
+    >>> age_group_scores(np.array([27.0, 40.0, 5.0, 40.0]), [(25, 32), (25, 32), (0, 2), (38, 43)])
+    {'n_age_group': 4, 'age_group_accuracy': 0.5, 'age_group_one_off': 0.75}
+    """
+    pairs = [(round(float(a)), g) for a, g in zip(age_pred, groups, strict=True) if g is not None]
+    if not pairs:
+        return {}
+    distinct = sorted({g for _, g in pairs})
+
+    def inside(age: int, g: tuple[int, int]) -> bool:
+        return g[0] <= age <= g[1]
+
+    exact = one_off = 0
+    for age, g in pairs:
+        i = distinct.index(g)
+        near = distinct[max(0, i - 1) : i + 2]
+        exact += inside(age, g)
+        one_off += any(inside(age, h) for h in near)
+    return {"n_age_group": len(pairs), "age_group_accuracy": exact / len(pairs),
+            "age_group_one_off": one_off / len(pairs)}

@@ -13,13 +13,12 @@ bomb) or a corrupt image of a known format; 503 queue full (with ``Retry-After``
 FastAPI and its helpers are imported inside the functions that need them, so the CLI works without the extras.
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import io
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
-RAW_TYPES = ("application/octet-stream",)  # and any image/*
 MULTIPART_OVERHEAD = 16 * 1024  # room for boundaries and part headers on top of max_upload_bytes
 RETRY_AFTER_S = 1
 
@@ -76,15 +74,11 @@ class JobQueue:
             if self.in_flight >= self.capacity:
                 raise QueueFull
             self.in_flight += 1
-        try:
-            future = self._pool.submit(fn, *args)
-        except BaseException:
-            self._release(None)
-            raise
+        future = self._pool.submit(fn, *args)
         future.add_done_callback(self._release)
         return future
 
-    def _release(self, _future: Future | None) -> None:
+    def _release(self, _future: Future) -> None:
         with self._lock:
             self.in_flight -= 1
 
@@ -103,7 +97,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def model_card(predictor: Predictor, model_id: str) -> dict:
+def model_card(predictor: "Predictor", model_id: str) -> dict:
     """What ``GET /v1/model`` answers: architecture, calibration, labels and the training facts on record."""
     info = predictor.checkpoint_info
     cfg = predictor.model.config
@@ -145,7 +139,7 @@ def _probe_and_decode(data: bytes, max_pixels: int) -> Image.Image:
         raise ApiError(422, "corrupt_image", f"The {fmt} image cannot be decoded: {e}") from None
 
 
-def _predict_job(predictor: Predictor, data: bytes, max_pixels: int) -> dict:
+def _predict_job(predictor: "Predictor", data: bytes, max_pixels: int) -> dict:
     """The CPU-bound part of a request, run in a worker thread."""
     t0 = time.perf_counter()
     image = _probe_and_decode(data, max_pixels)
@@ -205,9 +199,9 @@ PREDICT_BODY = {"required": True, "content": {
 }}
 
 
-def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = MAX_PIXELS,
+def create_app(predictor: "Predictor", max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = MAX_PIXELS,
                timeout_s: float = 30.0, max_queue: int = 8, workers: int = 1, model_name: str | None = None
-               ) -> FastAPI:
+               ) -> "FastAPI":
     """The web app around a loaded ``predictor``; ``model_name`` (e.g. the checkpoint's file name) goes into the
     model id reported with every answer. ``app.state.jobs`` is the :class:`JobQueue` that runs the predictions."""
     from contextlib import asynccontextmanager
@@ -217,6 +211,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, m
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     cfg = predictor.model.config
     model_id = f"{cfg.backbone}-{cfg.image_size}px" + (f":{model_name}" if model_name else "")
@@ -268,10 +263,13 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, m
             if int(declared) > limit:
                 raise too_large
         body = bytearray()
-        async for chunk in request.stream():  # counted as it arrives: a chunked or lying client is cut off too
-            body.extend(chunk)
-            if len(body) > limit:
-                raise too_large
+        try:
+            async for chunk in request.stream():  # counted as it arrives: a chunked or lying client is cut off too
+                body.extend(chunk)
+                if len(body) > limit:
+                    raise too_large
+        except ClientDisconnect:
+            raise ApiError(400, "client_disconnected", "The client went away during the upload.") from None
         return bytes(body)
 
     @app.post("/v1/predict", summary="Faces with age and gender", openapi_extra={"requestBody": PREDICT_BODY})
@@ -281,7 +279,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, m
         start = time.perf_counter()
         content_type = request.headers.get("content-type", "application/octet-stream").lower()
         multipart = content_type.startswith("multipart/form-data")
-        if not (multipart or content_type.startswith("image/") or content_type.startswith(RAW_TYPES)):
+        if not (multipart or content_type.startswith("image/") or content_type.startswith("application/octet-stream")):
             raise ApiError(415, "unsupported_media_type", f"Content-Type {content_type} is not accepted: send "
                            "multipart/form-data with field 'file', or the image with Content-Type image/* or "
                            "application/octet-stream.")
@@ -320,7 +318,12 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, m
     return app
 
 
-def _add_serve_options(p: argparse.ArgumentParser) -> None:
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``serve`` subcommand (needs the ``serve`` extras at run time, not to build the parser)."""
+    from agegender.cli import _add_common
+
+    p = subparsers.add_parser("serve", help="run the web service and page",
+                              description="Serve POST /v1/predict, GET /v1/model and a web page at / over HTTP.")
     p.add_argument("--model", help="checkpoint (default: the bundled model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -328,16 +331,7 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue", type=int, default=8, help="requests that may wait for a thread (default 8)")
     p.add_argument("--max-upload-mb", type=float, default=10, help="largest upload in MiB (default 10)")
     p.add_argument("--timeout", type=float, default=30, help="seconds before a request fails with 504 (default 30)")
-    p.add_argument("--device", default="cpu")
-
-
-def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The ``serve`` subcommand (needs the ``serve`` extras at run time, not to build the parser)."""
-    from agegender.cli import _add_common
-
-    p = subparsers.add_parser("serve", help="run the web service and page",
-                              description="Serve POST /v1/predict, GET /v1/model and a web page at / over HTTP.")
-    _add_serve_options(p)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     _add_common(p)
     return p
 
@@ -361,13 +355,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m agegender.serve``: the same as ``agegender serve``."""
-    from agegender.cli import _add_common, _setup_logging
+    """``python -m agegender.serve [OPTIONS]``: the same as ``agegender serve [OPTIONS]``."""
+    from agegender.cli import _setup_logging
 
-    p = argparse.ArgumentParser(prog="python -m agegender.serve", description="Run the agegender web service.")
-    _add_serve_options(p)
-    _add_common(p)
-    args = p.parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m agegender")
+    add_serve_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
     _setup_logging(-1 if args.quiet else args.verbose)
     try:
         return cmd_serve(args)

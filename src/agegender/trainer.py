@@ -25,6 +25,7 @@ from agegender.checkpoint import load_checkpoint, make_checkpoint, model_from_ch
 from agegender.config import TrainConfig
 from agegender.distributed import DistInfo, barrier, cleanup, gather_predictions, setup
 from agegender.engine import predict_batches, resolve_device, train_one_epoch
+from agegender.images import open_image
 from agegender.losses import MultiTaskLoss
 from agegender.metrics import (
     age_interval,
@@ -35,6 +36,7 @@ from agegender.metrics import (
 )
 from agegender.model import AgeGenderNet, ModelConfig
 from agegender.plots import training_curves
+from agegender.predictor import resolve_model_path
 from agegender.transforms import PresetConfig, decode_preset, eval_preset, train_preset
 
 log = logging.getLogger(__name__)
@@ -120,23 +122,42 @@ def _resume_config(cfg: TrainConfig, given: dict, saved: dict) -> TrainConfig:
     return TrainConfig(**merged).validate()
 
 
+def image_loader(cfg: TrainConfig):
+    """How a file becomes a face crop: decoded as it is, or (``detect``) detected and aligned."""
+    if cfg.detect:
+        from agegender.faces import AlignedFaceLoader
+
+        return AlignedFaceLoader(cfg.face)
+    return open_image
+
+
+def scan(cfg_data: str, labels: str = "") -> D.ScanResult:
+    """The labelled images of a folder: from a labels file when given, else from UTKFace file names."""
+    if labels:
+        from agegender.labels import read_labels
+
+        return read_labels(labels, cfg_data)
+    return D.scan_utkface(cfg_data)
+
+
 def _datasets(cfg: TrainConfig, preset: PresetConfig, train_recs: list[D.Record], val_recs: list[D.Record],
               info: DistInfo, progress: bool) -> tuple[Dataset, Dataset | None]:
     """Training and validation datasets: from the decode cache (rank 0 builds it, the others wait and
     reuse it), or decoding every image on every read (``cache: none``, the reference's pipeline)."""
+    load = image_loader(cfg)
     if cfg.cache == "none":
-        return (D.FaceDataset(cfg.data, train_recs, train_preset(preset, cfg.augment)),
-                D.FaceDataset(cfg.data, val_recs, eval_preset(preset)) if val_recs else None)
+        return (D.FaceDataset(cfg.data, train_recs, train_preset(preset, cfg.augment), load),
+                D.FaceDataset(cfg.data, val_recs, eval_preset(preset), load) if val_recs else None)
     records = train_recs + val_recs
     mode = cfg.cache
     if mode == "disk" and info.enabled and not info.is_main:
         barrier(info)  # rank 0 is writing the cache file
     if mode == "memory" or info.is_main or not info.enabled:
-        pixels, ok = build_cache(cfg.data, records, decode_preset(preset), preset.resize_size, mode, progress)
+        pixels, ok = build_cache(cfg.data, records, decode_preset(preset), preset.resize_size, mode, progress, load)
     if mode == "disk" and info.enabled and info.is_main:
         barrier(info)
     if mode == "disk" and info.enabled and not info.is_main:
-        pixels, ok = build_cache(cfg.data, records, decode_preset(preset), preset.resize_size, mode, progress)
+        pixels, ok = build_cache(cfg.data, records, decode_preset(preset), preset.resize_size, mode, progress, load)
     n = len(train_recs)
     train = CachedFaceDataset(pixels[:n], ok[:n], train_recs, train_preset(preset, cfg.augment, cached=True))
     val = CachedFaceDataset(pixels[n:], ok[n:], val_recs, eval_preset(preset, cached=True)) if val_recs else None
@@ -166,8 +187,8 @@ def _validate(model: torch.nn.Module, loader: DataLoader, records: list[D.Record
     out = gather_predictions(out, info)
     recs = [records[i] for i in out["index"]]
     m = summarize(out["age"], [r.age for r in recs], out["p_female"], [r.gender for r in recs])
-    return {"val_age_mae": m["age_mae"], "val_cs5": m["cs5"], "val_gender_accuracy": m["gender_accuracy"],
-            "val_gender_mae": m["gender_mae"]}
+    return {f"val_{k}": math.nan if m.get(k) is None else m[k]
+            for k in ("age_mae", "cs5", "gender_accuracy", "gender_mae")}
 
 
 def fit(cfg: TrainConfig, resume: bool = False, given: dict | None = None, progress: bool = True) -> dict:
@@ -200,7 +221,7 @@ def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, inf
         cfg.save(run.config)
     seed_everything(cfg.seed)
 
-    records = limit_records(D.scan_utkface(cfg.data).records, cfg.limit, cfg.seed)
+    records = limit_records(scan(cfg.data, cfg.labels).records, cfg.limit, cfg.seed)
     if resume and run.split.exists():
         split = D.read_split(run.split)
     else:
@@ -216,15 +237,27 @@ def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, inf
     log.info("split %s: %s; device %s; %d process(es)", cfg.split, counts, device, info.world_size)
 
     ages = np.array([r.age for r in train_recs], float)
+    ages = ages[~np.isnan(ages)] if not np.isnan(ages).all() else np.array([33.0, 13.0, 53.0])
     mcfg = ModelConfig(
         backbone=cfg.backbone, head_hidden=cfg.head_hidden, dropout=cfg.dropout, image_size=cfg.image_size,
         crop_pct=cfg.crop_pct, age_mean=float(ages.mean()), age_std=float(max(ages.std(), 1.0)),
         age_head="dldl" if cfg.age_loss == "dldl" else "regression",
     )
+    init = None
+    if cfg.init and ckpt is None:
+        init = load_checkpoint(resolve_model_path(None if cfg.init == "bundled" else cfg.init))
+        # A fine-tune keeps the network it starts from: its size, head and age normalisation.
+        mcfg = ModelConfig.from_dict(dict(init["model_config"]))
+        if mcfg.age_head != ("dldl" if cfg.age_loss == "dldl" else "regression"):
+            raise ValueError(f"--init model has a {mcfg.age_head} age head; use a matching --age-loss")
+        log.info("fine-tuning from %s (%s, %d px)", cfg.init, mcfg.backbone, mcfg.image_size)
     if ckpt is not None:
         mcfg = ModelConfig.from_dict(dict(ckpt["model_config"]))
     # Every rank starts from the same weights: same seed, and DDP broadcasts rank 0's at wrap time anyway.
-    model = AgeGenderNet(mcfg, pretrained=None if ckpt is not None else cfg.pretrained).to(device)
+    pretrained = None if ckpt is not None or init is not None else cfg.pretrained
+    model = AgeGenderNet(mcfg, pretrained=pretrained).to(device)
+    if init is not None:
+        model.load_state_dict(init["model_state"])
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     preset = PresetConfig(mcfg.image_size, mcfg.crop_pct, mcfg.mean, mcfg.std)
@@ -275,6 +308,8 @@ def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, inf
         train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
+        # Heads only at first: large gradients from fresh heads would otherwise wreck the trained features.
+        model.backbone.requires_grad_(epoch > cfg.freeze_backbone_epochs)
         t0 = time.time()
         losses = train_one_epoch(train_model, train_loader, loss_fn, optimizer, device, epoch, scheduler, scaler,
                                  use_amp, cfg.grad_clip, progress and main, ema)
@@ -285,9 +320,13 @@ def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, inf
             row |= _validate(eval_model, val_loader, val_recs, device, cfg, info, progress, f"epoch {epoch} val")
         row["seconds"] = round(time.time() - t0, 1)
         history.append(row)
-        is_best = val_loader is None or row["val_age_mae"] < best_mae
-        if val_loader is not None:
-            best_mae = min(best_mae, row["val_age_mae"])
+        # Best by validation age MAE; by gender MAE where the validation images have no ages.
+        score = row.get("val_age_mae", math.nan)
+        if val_loader is not None and math.isnan(score):
+            score = row.get("val_gender_mae", math.nan)
+        is_best = val_loader is None or score < best_mae
+        if val_loader is not None and not math.isnan(score):
+            best_mae = min(best_mae, score)
         summary = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
         if info.enabled:
             log.warning("rank %d epoch %d/%d  %s", info.rank, epoch, cfg.epochs, summary)
@@ -340,14 +379,18 @@ def calibrate(path: Path, loader: DataLoader, records: list[D.Record], device: t
                           progress=progress, desc="calibrate")
     true_age = np.array([records[i].age for i in out["index"]], float)
     gender = np.array([records[i].gender for i in out["index"]], float)
-    scale = fit_interval_scale(out["age"], out["age_sigma"], true_age, coverage)
-    low, high = age_interval(out["age"], out["age_sigma"], scale)
-    cal = {"age_interval": {"coverage": coverage, "scale": scale, "n": int(true_age.size),
-                            "val_coverage": interval_coverage(low, high, true_age),
-                            "val_mean_width": float(np.mean(high - low))},
-           "gender_ece_val": expected_calibration_error(out["p_female"], gender)}
+    cal: dict = {}
+    a, g = ~np.isnan(true_age), ~np.isnan(gender)
+    if a.any():
+        scale = fit_interval_scale(out["age"][a], out["age_sigma"][a], true_age[a], coverage)
+        low, high = age_interval(out["age"][a], out["age_sigma"][a], scale)
+        cal["age_interval"] = {"coverage": coverage, "scale": scale, "n": int(a.sum()),
+                               "val_coverage": interval_coverage(low, high, true_age[a]),
+                               "val_mean_width": float(np.mean(high - low))}
+        log.info("calibrated %s: %.0f%% age interval = age ± %.2f sigma (mean width %.1f y on validation)",
+                 path, 100 * coverage, scale, cal["age_interval"]["val_mean_width"])
+    if g.any():
+        cal["gender_ece_val"] = expected_calibration_error(out["p_female"][g], gender[g])
     ckpt["calibration"] = cal
     save_checkpoint(ckpt, path)
-    log.info("calibrated %s: %.0f%% age interval = age ± %.2f sigma (mean width %.1f y on validation); gender "
-             "ECE %.3f", path, 100 * coverage, scale, cal["age_interval"]["val_mean_width"], cal["gender_ece_val"])
     return cal

@@ -1,0 +1,129 @@
+"""The web page in a real browser (Debian's chromium driven by Playwright) against the real server.
+
+Needs ``/usr/bin/chromium`` (apt-get install chromium) and ``pip install playwright`` (no ``playwright install``:
+the system browser is used). The screenshot goes to $AGEGENDER_ARTIFACTS or the test's tmp_path; its path is
+printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ASTRONAUT = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
+
+if not CHROMIUM.is_file():
+    pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+uvicorn = pytest.importorskip("uvicorn", reason="the serve extras (uvicorn) are not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(trained_run: Path):
+    """The app under uvicorn on a loopback port, in a background thread of this process."""
+    from agegender.predictor import Predictor
+    from agegender.serve import create_app
+
+    app = create_app(Predictor.from_checkpoint(trained_run / "best.pt"), model_name="best.pt")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{server.config.port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture()
+def page(server_url: str):
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.errors, page.foreign = [], []
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
+        page.on("request", lambda r: None if r.url.startswith(server_url) else page.foreign.append(r.url))
+        yield page
+        browser.close()
+
+
+def api_label(server_url: str, data: bytes) -> str:
+    """The label agegender.annotate.label gives the face the API finds in ``data``."""
+    from agegender.annotate import label
+    from agegender.predictor import FacePrediction, Prediction
+
+    request = urllib.request.Request(f"{server_url}/v1/predict", data=data, headers={"Content-Type": "image/png"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        (face,) = json.load(r)["faces"]
+    pred = Prediction(face["age"], face["gender"], face["p_female"], face["age_low"], face["age_high"])
+    return label(FacePrediction(0, tuple(face["box"]), face["det_score"], tuple(face["landmarks"]), pred))
+
+
+def test_page_labels_the_face_in_a_photo(page, server_url: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    page.goto(f"{server_url}/")
+    assert page.title().startswith("agegender")
+    page.set_input_files("#file-input", str(ASTRONAUT))
+    label = page.locator(".face-label").first
+    label.wait_for(timeout=60_000)
+    text = label.inner_text()
+    # The tiny test model is calibrated (it has a ± interval); a confident gender may round to 1.00.
+    assert re.fullmatch(r"\d+ ±\d+, (male|female) (0\.\d\d|1\.00)", text), text
+    assert text == api_label(server_url, ASTRONAUT.read_bytes())
+    rows = page.locator("tr.face-row")
+    assert rows.count() == 1
+    assert rows.first.locator("td").nth(3).inner_text() in ("male", "female")
+    assert page.locator("#no-face").is_hidden() and page.locator("#error").is_hidden()
+    assert "detect + predict" in page.locator("#timing").inner_text()
+    assert page.locator("#model-info").inner_text() == "model: resnet18-32px:best.pt · age interval covers 80% " \
+        "of true ages"
+    # The canvas shows the photo at its size, with something drawn on it (not blank).
+    size = page.evaluate("() => [document.querySelector('#canvas').width, document.querySelector('#canvas').height]")
+    assert size == [512, 512]
+    artifacts = Path(os.environ.get("AGEGENDER_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shot = artifacts / "browser.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    with capsys.disabled():
+        print(f"\nscreenshot: {shot}")
+    assert page.errors == [] and page.foreign == []
+
+
+def test_page_says_no_face_and_shows_api_errors(page, server_url: str) -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.new("RGB", (200, 150), (128, 128, 128)).save(buf, format="PNG")
+    page.goto(f"{server_url}/")
+    page.set_input_files("#file-input", {"name": "grey.png", "mimeType": "image/png", "buffer": buf.getvalue()})
+    page.locator("#no-face").wait_for(state="visible", timeout=60_000)
+    assert page.locator("#no-face").inner_text() == "No face found."
+    assert page.locator("tr.face-row").count() == 0 and page.locator(".face-label").count() == 0
+    page.set_input_files("#file-input", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a photo " * 9})
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=60_000)
+    assert "HTTP 415" in error.inner_text() and "not an image" in error.inner_text()
+    assert page.locator("#result").is_hidden()
+    assert page.errors == [] and page.foreign == []
