@@ -99,6 +99,17 @@ def test_photo_as_multipart_and_raw_bytes(client: TestClient, photo: bytes, pred
     assert face["p_female"] == pytest.approx(expected.p_female, abs=1e-5)
 
 
+def test_multipart_as_browsers_send_it(client: TestClient, photo: bytes) -> None:
+    """A mixed-case boundary (Chromium's ----WebKitFormBoundary...), an extra field before the file, CRLFs."""
+    boundary = "----WebKitFormBoundaryAbC123xYz"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+    r = client.post("/v1/predict", content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["faces"]) == 1
+
+
 def test_no_face_gives_empty_list(client: TestClient) -> None:
     r = client.post("/v1/predict", files={"file": ("grey.png", png(Image.new("RGB", (320, 240), (128,) * 3)))})
     assert r.status_code == 200, r.text

@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="model.onnx to write")
     x.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     _add_common(x)
+
+    from agegender.serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -173,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     from agegender.engine import NonFiniteLossError
     from agegender.images import ImageReadError
     from agegender.model import PretrainedWeightsError
+    from agegender.serve import cmd_serve
 
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
+                "serve": cmd_serve}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

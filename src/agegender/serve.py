@@ -277,10 +277,11 @@ def create_app(predictor: "Predictor", max_upload_bytes: int = 10 * 1024 * 1024,
         """A photo as multipart field `file`, or as the raw body (Content-Type image/* or
         application/octet-stream)."""
         start = time.perf_counter()
-        content_type = request.headers.get("content-type", "application/octet-stream").lower()
-        multipart = content_type.startswith("multipart/form-data")
-        if not (multipart or content_type.startswith("image/") or content_type.startswith("application/octet-stream")):
-            raise ApiError(415, "unsupported_media_type", f"Content-Type {content_type} is not accepted: send "
+        content_type = request.headers.get("content-type", "application/octet-stream")
+        media_type = content_type.split(";")[0].strip().lower()  # the boundary parameter is case-sensitive
+        multipart = media_type == "multipart/form-data"
+        if not (multipart or media_type.startswith("image/") or media_type == "application/octet-stream"):
+            raise ApiError(415, "unsupported_media_type", f"Content-Type {media_type} is not accepted: send "
                            "multipart/form-data with field 'file', or the image with Content-Type image/* or "
                            "application/octet-stream.")
         try:

@@ -122,6 +122,7 @@ async function analyse(blob, name) {
     }
     answer.roundTripMs = Math.round(performance.now() - t0);
     show($("#result"), true);
+    show($("#canvas"), Boolean(img)); // a format the server reads but this browser cannot show (e.g. TIFF)
     if (img) {
       draw(img, answer);
       URL.revokeObjectURL(img.src);
