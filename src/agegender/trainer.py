@@ -210,6 +210,9 @@ def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, inf
     main = info.is_main
     if main:
         run.root.mkdir(parents=True, exist_ok=True)
+        # A process killed mid-write leaves its temporary file behind (never a torn checkpoint): tidy up.
+        for stale in run.root.glob(".*.pt.*.tmp"):
+            stale.unlink(missing_ok=True)
     ckpt = None
     if resume:
         if not run.last.exists():
@@ -311,8 +314,18 @@ def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, inf
         # Heads only at first: large gradients from fresh heads would otherwise wreck the trained features.
         model.backbone.requires_grad_(epoch > cfg.freeze_backbone_epochs)
         t0 = time.time()
-        losses = train_one_epoch(train_model, train_loader, loss_fn, optimizer, device, epoch, scheduler, scaler,
-                                 use_amp, cfg.grad_clip, progress and main, ema)
+        try:
+            losses = train_one_epoch(train_model, train_loader, loss_fn, optimizer, device, epoch, scheduler,
+                                     scaler, use_amp, cfg.grad_clip, progress and main, ema)
+        except KeyboardInterrupt:
+            if main:
+                # last.pt stays the last complete epoch (what --resume continues from); the partial epoch's
+                # weights are kept beside it for whoever wants them.
+                partial = {**training, "interrupted_in_epoch": epoch} if training else {"interrupted_in_epoch": epoch}
+                save_checkpoint(make_checkpoint(eval_model, partial), run.root / "interrupted.pt")
+                log.warning("interrupted in epoch %d: %s holds the last complete epoch (resume with --resume); "
+                            "the partial epoch's weights are in %s", epoch, run.last, run.root / "interrupted.pt")
+            raise
         row = {"epoch": epoch, "train_loss": losses.get("loss", math.nan),
                "train_age_loss": losses.get("age_loss", math.nan),
                "train_gender_loss": losses.get("gender_loss", math.nan), "lr": optimizer.param_groups[0]["lr"]}

@@ -1,0 +1,233 @@
+"""Faults: processes killed mid-training, Ctrl-C, a diverging loss, checkpoints that would run code, and a
+folder of every kind of bad input, through every command and the service."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from agegender.checkpoint import load_checkpoint, load_model, save_checkpoint
+from agegender.cli import main
+from agegender.data import scan_utkface
+
+
+def _train_cmd(face_dir: Path, run: Path, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "agegender", "train", "--data", str(face_dir), "--out", str(run), "--pretrained",
+            "none", "--image-size", "32", "--epochs", str(epochs), "--batch-size", "8", "--num-workers", "0",
+            "--split", "0.6,0.2,0.2", "--cache", "memory", "-q"]
+
+
+def _all_checkpoints_load(run: Path) -> None:
+    for name in ("best.pt", "last.pt"):
+        if (run / name).exists():
+            load_checkpoint(run / name)  # raises on a torn or partial file
+
+
+def test_sigkill_at_random_moments_and_mid_write_then_resume(face_dir: Path, tmp_path: Path) -> None:
+    run, epochs = tmp_path / "run", 6
+    rng = random.Random(0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kills = []
+    for _ in range(12):
+        cmd = _train_cmd(face_dir, run, epochs) + (["--resume"] if (run / "last.pt").exists() else [])
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        if not kills:
+            # First kill: the moment a checkpoint's temporary file appears, i.e. during a write.
+            deadline = time.time() + 120
+            while proc.poll() is None and time.time() < deadline and not list(run.glob(".*.pt.*.tmp")):
+                time.sleep(0.001)
+            assert proc.poll() is None, "training ended before any checkpoint write was seen"
+            proc.send_signal(signal.SIGKILL)
+            kills.append("during a checkpoint write")
+        elif len(kills) < 3:
+            time.sleep(rng.uniform(3, 9))
+            if proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGKILL)
+            kills.append("at a random moment")
+        else:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err[-2000:]
+            break
+        proc.wait()
+        _all_checkpoints_load(run)
+    assert len(kills) == 3
+    last = load_checkpoint(run / "last.pt")
+    epochs_done = [h["epoch"] for h in last["training"]["history"]]
+    assert epochs_done == list(range(1, epochs + 1))  # nothing repeated, nothing missing
+    assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == epochs_done
+    load_model(run / "best.pt")
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_ctrl_c_keeps_last_complete_epoch_and_exits_130(face_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(face_dir), "--out", str(run), "--pretrained", "none", "--image-size", "32",
+                 "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--split", "0.6,0.2,0.2", "--cache",
+                 "memory", "-q"]) == 0
+    before = (run / "last.pt").read_bytes()
+    proc = subprocess.Popen(_train_cmd(face_dir, run, 50)[:-1] + ["--resume"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and load_checkpoint(run / "last.pt")["training"]["epoch"] < 2:
+        time.sleep(0.2)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted in epoch" in err and "Traceback" not in err
+    last = load_checkpoint(run / "last.pt")
+    partial = load_checkpoint(run / "interrupted.pt")
+    assert partial["training"]["interrupted_in_epoch"] == last["training"]["epoch"] + 1
+    assert (run / "last.pt").read_bytes() != before  # epochs completed before the interrupt were saved
+
+
+def test_a_diverging_loss_stops_with_a_message_and_keeps_the_checkpoints(trained_run: Path, face_dir: Path,
+                                                                       tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    ckpt = load_checkpoint(run / "last.pt")
+    key = next(k for k in ckpt["model_state"] if k.endswith("conv1.weight"))
+    ckpt["model_state"][key] = torch.full_like(ckpt["model_state"][key], float("nan"))
+    save_checkpoint(ckpt, run / "last.pt")
+    before = {n: (run / n).read_bytes() for n in ("best.pt", "last.pt")}
+    rc = main(["train", "--data", str(face_dir), "--out", str(run), "--resume", "--epochs", "2", "--num-workers",
+               "0", "-q"])
+    assert rc == 2
+    assert "loss became nan in epoch 2" in caplog.text
+    assert {n: (run / n).read_bytes() for n in before} == before
+
+
+class _Payload:
+    marker = ""
+
+    def __reduce__(self):
+        return (open, (_Payload.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_everywhere(face_dir: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    _Payload.marker = str(tmp_path / "pwned")
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        torch.save({"format": "agegender", "format_version": 1, "x": _Payload()}, f, pickle_module=pickle)
+    commands = {
+        "evaluate": ["evaluate", "--model", str(evil), "--data", str(face_dir), "--out", str(tmp_path / "r.json")],
+        "predict": ["predict", "--model", str(evil), str(face_dir), "--out", str(tmp_path / "p.csv")],
+        "export": ["export", "--model", str(evil), "--out", str(tmp_path / "m.onnx")],
+        "serve": ["serve", "--model", str(evil), "--port", "0"],
+        "train --init": ["train", "--data", str(face_dir), "--out", str(tmp_path / "t"), "--init", str(evil)],
+    }
+    for name, argv in commands.items():
+        caplog.clear()
+        assert main(argv) == 2, name
+        assert "refused" in caplog.text, name
+        assert not Path(_Payload.marker).exists(), name
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG header that claims ``width`` x ``height`` with almost no data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def bad_corpus(face_dir: Path, dest: Path) -> dict[str, list[str]]:
+    """A UTKFace-style folder with good crops and every kind of bad input; returns the names by kind."""
+    dest.mkdir()
+    good = sorted(face_dir.glob("*.jpg"))[:20]
+    for p in good:
+        shutil.copy(p, dest / p.name)
+    face = Image.open(good[0]).convert("RGB")
+    name = iter(f"3{i}_{i % 2}_{i % 5}_2017010100000{i:04d}.jpg.chip.jpg" for i in range(100))
+    odd_ok, broken = {}, {}
+    buf = io.BytesIO()
+    face.save(buf, "JPEG")
+    broken["zero-byte"] = b""
+    broken["truncated JPEG"] = buf.getvalue()[: len(buf.getvalue()) // 2]
+    broken["text named .jpg"] = b"hello, I am not an image\n"
+    broken["header claims 20000x20000"] = _png_claiming(20000, 20000)
+
+    def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+        out = io.BytesIO()
+        img.save(out, fmt, **kw)
+        return out.getvalue()
+
+    rgba = face.convert("RGBA")
+    rgba.putalpha(128)
+    odd_ok["PNG with alpha"] = encode(rgba, "PNG")
+    odd_ok["16-bit PNG"] = encode(Image.fromarray(np.asarray(face.convert("L"), np.uint16) * 257), "PNG")
+    odd_ok["grayscale"] = encode(face.convert("L"), "JPEG")
+    odd_ok["CMYK JPEG"] = encode(face.convert("CMYK"), "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    odd_ok["EXIF-rotated"] = encode(face.rotate(90, expand=True), "JPEG", exif=exif)
+    odd_ok["1x1"] = encode(Image.new("RGB", (1, 1), (200, 150, 120)), "PNG")
+    names: dict[str, list[str]] = {"good": [p.name for p in good], "odd_ok": [], "broken": [], "malformed": []}
+    for kind, group in (("odd_ok", odd_ok), ("broken", broken)):
+        for data in group.values():
+            n = next(name)
+            (dest / n).write_bytes(data)
+            names[kind].append(n)
+    for bad in ("39_1_20170116174525125.jpg.chip.jpg", "24_0_1_20170116220224657 .jpg.chip.jpg",
+                "55_0_0_20170116232725357jpg.chip.jpg", "130_0_0_20170116232725357.jpg.chip.jpg",
+                "30_2_0_20170116232725357.jpg.chip.jpg", "30_0_7_20170116232725357.jpg.chip.jpg"):
+        shutil.copy(good[0], dest / bad)
+        names["malformed"].append(bad)
+    (dest / "copies").mkdir()
+    shutil.copy(good[1], dest / "copies" / good[1].name)  # the same file twice
+    (dest / "loop").symlink_to(dest, target_is_directory=True)  # a symlink loop
+    unreadable = dest / next(name)
+    shutil.copy(good[2], unreadable)
+    unreadable.chmod(0)  # unreadable for a normal user; root reads it anyway
+    names["unreadable"] = [unreadable.name]
+    return names
+
+
+def test_bad_inputs_through_scan_train_evaluate_predict(face_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    names = bad_corpus(face_dir, data)
+    scan = scan_utkface(data)
+    skipped = {Path(f).name for f, _ in scan.skipped}
+    assert set(names["malformed"]) <= skipped
+    assert any("duplicate" in why for _, why in scan.skipped)
+    listed = {Path(r.file).name for r in scan.records}
+    assert set(names["good"]) | set(names["odd_ok"]) | set(names["broken"]) <= listed
+    run = tmp_path / "run"
+    for cache in ("memory", "none"):  # both pipelines skip unreadable images mid-epoch
+        rc = main(["train", "--data", str(data), "--out", str(run / cache), "--pretrained", "none", "--image-size",
+                   "32", "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--split", "0.5,0.25,0.25",
+                   "--cache", cache, "-q"])
+        assert rc == 0
+    report = tmp_path / "r.json"
+    assert main(["evaluate", "--model", str(run / "memory" / "best.pt"), "--data", str(data), "--out", str(report),
+                 "--num-workers", "0", "-q"]) == 0
+    meta = pd.read_json(report, typ="series")["meta"]
+    assert meta["skipped_unreadable_or_no_face"] >= len(names["broken"])
+    out = tmp_path / "p.csv"
+    rc = main(["predict", "--model", str(run / "memory" / "best.pt"), str(data), "--aligned", "--out", str(out),
+               "-q"])
+    assert rc == 1  # finished, some inputs unreadable
+    df = pd.read_csv(out, keep_default_na=False)
+    by_name = {Path(f).name: s for f, s in zip(df["file"], df["status"], strict=True)}
+    assert all(by_name[n] == "error" for n in names["broken"])
+    assert all(by_name[n] == "ok" for n in names["good"] + names["odd_ok"])

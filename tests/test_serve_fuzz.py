@@ -1,0 +1,113 @@
+"""A bounded fuzz run against the real service on loopback: whatever arrives, no 5xx but deliberate 503s, no
+memory growth, and /healthz still answers."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("uvicorn", reason="the serve extras are not installed")
+pytest.importorskip("multipart", reason="the serve extras are not installed")
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _request(port: int, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    except (ConnectionError, http.client.HTTPException, TimeoutError):
+        return -1  # the server may close a connection it refuses to read further: not a 5xx
+    finally:
+        conn.close()
+
+
+def _raw(port: int, data: bytes, pause: float = 0.0) -> None:
+    """Send ``data`` (possibly an incomplete request) then hang up, optionally after dawdling."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for i in range(0, len(data), 7):
+            s.sendall(data[i : i + 7])
+            if pause:
+                time.sleep(pause)
+
+
+@pytest.fixture
+def server(trained_run: Path):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "agegender.serve", "--model", str(trained_run / "best.pt"),
+                             "--port", str(port), "--max-upload-mb", "1", "--timeout", "30", "-q"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and _request(port, "GET", "/healthz") != 200:
+        assert proc.poll() is None, "server exited"
+        time.sleep(0.3)
+    yield port, proc
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_fuzz(server) -> None:
+    port, proc = server
+    rng = random.Random(0)
+    photo = EXAMPLE.read_bytes()
+    assert _request(port, "POST", "/v1/predict", photo, {"Content-Type": "image/png"}) == 200  # warm-up
+    rss_before = _rss_mb(proc.pid)
+    statuses: list[int] = []
+    types = ["image/jpeg", "image/png", "application/octet-stream", "text/plain", "application/json",
+             "multipart/form-data; boundary=xyz", "multipart/form-data", "", "image/webp; charset=utf-8"]
+    t_end = time.time() + 90
+    for i in range(150):
+        if time.time() > t_end:
+            break
+        kind = i % 6
+        if kind == 0:  # random bytes under a random content type
+            body = rng.randbytes(rng.randint(0, 5000))
+            statuses.append(_request(port, "POST", "/v1/predict", body, {"Content-Type": rng.choice(types)}))
+        elif kind == 1:  # a real image, mangled
+            body = bytearray(photo[: rng.randint(10, len(photo))])
+            for _ in range(rng.randint(0, 20)):
+                body[rng.randrange(len(body))] = rng.randrange(256)
+            statuses.append(_request(port, "POST", "/v1/predict", bytes(body), {"Content-Type": "image/png"}))
+        elif kind == 2:  # huge multipart (over the 1 MB limit)
+            body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n\r\n"
+                    + rng.randbytes(1_500_000) + b"\r\n--b--\r\n")
+            statuses.append(_request(port, "POST", "/v1/predict", body,
+                                     {"Content-Type": "multipart/form-data; boundary=b"}))
+        elif kind == 3:  # a body shorter than its Content-Length, then hang up
+            _raw(port, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                       b"Content-Length: 50000\r\n\r\n" + photo[:1000])
+        elif kind == 4:  # wrong methods and paths
+            statuses.append(_request(port, rng.choice(["GET", "PUT", "DELETE"]), rng.choice(
+                ["/v1/predict", "/v1/nothing", "/%00", "/docs/../../etc/passwd"])))
+        else:  # a slow client: headers trickling in
+            _raw(port, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n", pause=0.02)
+    assert _request(port, "GET", "/healthz") == 200
+    assert _request(port, "POST", "/v1/predict", photo, {"Content-Type": "image/png"}) == 200
+    server_errors = [s for s in statuses if s >= 500 and s != 503]
+    assert not server_errors, statuses
+    assert len(statuses) >= 90 and any(400 <= s < 500 for s in statuses)
+    assert _rss_mb(proc.pid) - rss_before < 50
