@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +74,71 @@ def _private_decode_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("AGEGENDER_CACHE", None)
     else:
         os.environ["AGEGENDER_CACHE"] = old
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG header that claims ``width`` x ``height`` with almost no data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def make_bad_corpus(face_dir: Path, dest: Path) -> dict[str, list[str]]:
+    """A UTKFace-style folder with good crops and every kind of bad input; returns the names by kind."""
+    dest.mkdir()
+    good = sorted(face_dir.glob("*.jpg"))[:20]
+    for p in good:
+        shutil.copy(p, dest / p.name)
+    face = Image.open(good[0]).convert("RGB")
+    name = iter(f"3{i}_{i % 2}_{i % 5}_2017010100000{i:04d}.jpg.chip.jpg" for i in range(100))
+    odd_ok, broken = {}, {}
+    buf = io.BytesIO()
+    face.save(buf, "JPEG")
+    broken["zero-byte"] = b""
+    broken["truncated JPEG"] = buf.getvalue()[: len(buf.getvalue()) // 2]
+    broken["text named .jpg"] = b"hello, I am not an image\n"
+    broken["header claims 20000x20000"] = _png_claiming(20000, 20000)
+
+    def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+        out = io.BytesIO()
+        img.save(out, fmt, **kw)
+        return out.getvalue()
+
+    rgba = face.convert("RGBA")
+    rgba.putalpha(128)
+    odd_ok["PNG with alpha"] = encode(rgba, "PNG")
+    odd_ok["16-bit PNG"] = encode(Image.fromarray(np.asarray(face.convert("L"), np.uint16) * 257), "PNG")
+    odd_ok["grayscale"] = encode(face.convert("L"), "JPEG")
+    odd_ok["CMYK JPEG"] = encode(face.convert("CMYK"), "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    odd_ok["EXIF-rotated"] = encode(face.rotate(90, expand=True), "JPEG", exif=exif)
+    odd_ok["1x1"] = encode(Image.new("RGB", (1, 1), (200, 150, 120)), "PNG")
+    names: dict[str, list[str]] = {"good": [p.name for p in good], "odd_ok": [], "broken": [], "malformed": []}
+    for kind, group in (("odd_ok", odd_ok), ("broken", broken)):
+        for data in group.values():
+            n = next(name)
+            (dest / n).write_bytes(data)
+            names[kind].append(n)
+    for bad in ("39_1_20170116174525125.jpg.chip.jpg", "24_0_1_20170116220224657 .jpg.chip.jpg",
+                "55_0_0_20170116232725357jpg.chip.jpg", "130_0_0_20170116232725357.jpg.chip.jpg",
+                "30_2_0_20170116232725357.jpg.chip.jpg", "30_0_7_20170116232725357.jpg.chip.jpg"):
+        shutil.copy(good[0], dest / bad)
+        names["malformed"].append(bad)
+    (dest / "copies").mkdir()
+    shutil.copy(good[1], dest / "copies" / good[1].name)  # the same file twice
+    (dest / "loop").symlink_to(dest, target_is_directory=True)  # a symlink loop
+    unreadable = dest / next(name)
+    shutil.copy(good[2], unreadable)
+    unreadable.chmod(0)  # unreadable for a normal user; root reads it anyway
+    names["unreadable"] = [unreadable.name]
+    return names
+
+
+@pytest.fixture(scope="session")
+def bad_corpus(face_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[str]]]:
+    """A UTKFace-style folder of good crops and every kind of bad input (generated, no real faces added)."""
+    dest = tmp_path_factory.mktemp("bad") / "data"
+    return dest, make_bad_corpus(face_dir, dest)

@@ -111,3 +111,15 @@ def test_fuzz(server) -> None:
     assert not server_errors, statuses
     assert len(statuses) >= 90 and any(400 <= s < 500 for s in statuses)
     assert _rss_mb(proc.pid) - rss_before < 50
+
+
+def test_every_bad_input_file_gets_a_clean_answer(server, bad_corpus: tuple[Path, dict]) -> None:
+    port, proc = server
+    data, names = bad_corpus
+    for kind in ("good", "odd_ok", "broken", "unreadable"):
+        for name in names[kind]:
+            status = _request(port, "POST", "/v1/predict", (data / name).read_bytes(),
+                              {"Content-Type": "application/octet-stream"})
+            allowed = {200} if kind != "broken" else {400, 413, 415, 422}
+            assert status in allowed, (kind, name, status)
+    assert _request(port, "GET", "/healthz") == 200
