@@ -21,7 +21,9 @@ import os
 import pickle
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -50,21 +52,26 @@ def make_checkpoint(model: AgeGenderNet, training: dict | None = None, **resume_
     }
 
 
-def save_checkpoint(ckpt: dict, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file
-    where a good checkpoint was."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write`` on a temporary file in ``path``'s folder, fsync, then rename it to ``path``: a crash
+    never leaves a torn file where a good one was, and a failed write leaves the old file untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> None:
+    """Write ``ckpt`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(path: str | Path) -> dict:

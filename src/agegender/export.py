@@ -16,10 +16,9 @@ any extra entries such as the interval calibration), so no checkpoint has to tra
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agegender.checkpoint import CheckpointError
+from agegender.checkpoint import CheckpointError, atomic_write
 from agegender.model import AgeGenderNet, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -115,9 +114,7 @@ def export_onnx(model: AgeGenderNet, path: str | Path, opset: int = ONNX_OPSET,
     dummy = torch.zeros(2, 3, size, size, device=device)
     wrapper = _NamedOutputs(model)
     was_training = model.training
-    # Temporary file in the destination folder, renamed at the end: a failed export never leaves a torn file.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    buf = io.BytesIO()
     try:
         # eval() explicitly: the exporter restores the wrapper's own mode afterwards, and a fresh module is in
         # training mode, which would leave the model in training mode (batch-statistics BatchNorm) too.
@@ -128,24 +125,17 @@ def export_onnx(model: AgeGenderNet, path: str | Path, opset: int = ONNX_OPSET,
             # onnx alone; its deprecation warning is expected, so it is not shown to every user.
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
-                wrapper, (dummy,), tmp, dynamo=False, opset_version=opset,
+                wrapper, (dummy,), buf, dynamo=False, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                 dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
             )
-        proto = onnx.load(tmp)
-        for key, value in entries.items():
-            proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-        onnx.checker.check_model(proto)
-        with open(tmp, "wb") as f:
-            f.write(proto.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
         model.train(was_training)
+    proto = onnx.load_from_string(buf.getvalue())
+    for key, value in entries.items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.checker.check_model(proto)
+    atomic_write(path, lambda f: f.write(proto.SerializeToString()))
     log.info("exported %s (%s, opset %d, %.1f MB) to %s", model.config.backbone, model.config.age_head, opset,
              path.stat().st_size / 1e6, path)
     return path

@@ -21,7 +21,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from agegender import data as D
 from agegender.cache import CachedFaceDataset, build_cache
-from agegender.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from agegender.checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from agegender.config import TrainConfig
 from agegender.distributed import DistInfo, barrier, cleanup, gather_predictions, setup
 from agegender.engine import predict_batches, resolve_device, train_one_epoch
@@ -211,7 +217,7 @@ def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, inf
     if main:
         run.root.mkdir(parents=True, exist_ok=True)
         # A process killed mid-write leaves its temporary file behind (never a torn checkpoint): tidy up.
-        for stale in run.root.glob(".*.pt.*.tmp"):
+        for stale in run.root.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
     ckpt = None
     if resume:
@@ -377,9 +383,7 @@ def _save_epoch(run: RunPaths, eval_model: torch.nn.Module, model: torch.nn.Modu
         resume_state |= {"train_model_state": model.state_dict(), "ema_state": ema.state_dict()}
     save_checkpoint(make_checkpoint(eval_model, training, inference=inference, **resume_state), run.last)
     hist = pd.DataFrame(training["history"])
-    tmp = run.metrics.with_suffix(".csv.tmp")
-    hist.to_csv(tmp, index=False)
-    os.replace(tmp, run.metrics)
+    atomic_write(run.metrics, lambda f: f.write(hist.to_csv(index=False).encode()))
     training_curves(hist, run.curves)
 
 
