@@ -1,0 +1,42 @@
+"""Switch a checkpoint's default flip test-time augmentation and refit its age interval on validation.
+
+    python scripts/recalibrate.py --model CKPT --data UTKFACE_DIR --split-file RUN/split.csv [--tta | --no-tta]
+
+The interval is fitted on the validation subset of the split file, with the same prediction path (mirror
+averaging or not) that predict, evaluate and the service will then use by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from agegender import data as D
+from agegender.checkpoint import load_checkpoint, save_checkpoint
+from agegender.trainer import calibrate, make_loader, scan
+from agegender.transforms import PresetConfig, eval_preset
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--split-file", required=True)
+    ap.add_argument("--tta", action=argparse.BooleanOptionalAction, required=True)
+    ap.add_argument("--coverage", type=float, default=0.8)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    ckpt = load_checkpoint(args.model)
+    ckpt["inference"] = {**ckpt.get("inference", {}), "flip_tta": args.tta}
+    save_checkpoint(ckpt, args.model)
+    cfg = ckpt["model_config"]
+    records = D.select(scan(args.data).records, D.read_split(args.split_file), "val")
+    preset = PresetConfig(cfg["image_size"], cfg["crop_pct"], tuple(cfg["mean"]), tuple(cfg["std"]))
+    loader = make_loader(D.FaceDataset(args.data, records, eval_preset(preset)), 128, False, 1, torch.device("cpu"))
+    print(calibrate(args.model, loader, records, torch.device("cpu"), args.coverage))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
