@@ -194,3 +194,23 @@ def test_predict_detects_aligns_and_annotates_a_photo(trained_run: Path, tmp_pat
     assert [r["status"] for r in rows if r["file"] == str(blank)] == ["no_face"]
     annotated = Image.open(tmp_path / "ann" / "astronaut_annotated.jpg")
     assert annotated.size == Image.open(EXAMPLE).size
+
+
+def test_bundled_model_on_the_example_photo(tmp_path: Path) -> None:
+    from agegender.predictor import BUNDLED_MODEL
+
+    if not BUNDLED_MODEL.is_file():
+        pytest.skip("no bundled model in this checkout")
+    (faces,) = Predictor.default().predict_faces([EXAMPLE])
+    assert len(faces) == 1
+    face = faces[0]
+    x1, y1, x2, y2 = face.box
+    (lx, ly), (rx, ry) = face.landmarks[:2]
+    assert x1 < lx < rx < x2 and y1 < ly < (y1 + y2) / 2 and y1 < ry < (y1 + y2) / 2
+    p = face.prediction
+    assert 20 <= p.age <= 60 and p.age_low < p.age < p.age_high  # an adult (Eileen Collins, NASA portrait)
+    assert p.gender == "female"
+    # the CLI without --model uses the same bundled model
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(EXAMPLE), "--out", str(out), "-q"]) == 0
+    assert pd.read_csv(out)["age"].iloc[0] == pytest.approx(p.age, abs=0.01)
