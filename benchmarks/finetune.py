@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-age", type=int, default=60)
     ap.add_argument("--max-age", type=int, default=120)
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=1e-4)
     args = ap.parse_args(argv)
     t0 = time.time()
     model = resolve_model_path(args.model)
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
              str(model), "--age-loss", load_checkpoint(model)["training"]["config"]["age_loss"], "--epochs",
              str(args.epochs), "--freeze-backbone-epochs", "1", "--lr", str(args.lr), "--split", "0.6,0.2,0.2",
              "--batch-size", "32", "--cache", "memory", "-q"]
+    # Predict the same way as the starting model (mirror averaging or not), so before and after compare.
+    if load_checkpoint(model).get("inference", {}).get("flip_tta"):
+        train.append("--flip-tta")
     if not (run / "best.pt").exists() and cli(train) != 0:
         raise SystemExit("fine-tune failed")
     rows = []

@@ -52,6 +52,9 @@ def train_one_epoch(
     ``ema`` (if any) is updated after every optimiser step. Returns the mean of each loss term.
     """
     model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()  # a frozen layer keeps its running statistics too, or a small fine-tune set would shift them
     totals: dict[str, float] = {}
     seen = 0
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=None if progress else True, dynamic_ncols=True)
