@@ -49,10 +49,12 @@ log = logging.getLogger(__name__)
 
 
 def default_workers(requested: int) -> int:
+    """``requested``, or for -1: none on machines of 1-2 cores (a loader process there only takes CPU from
+    the model; measured in benchmarks/throughput.py), else one per core but one, at most 8."""
     if requested >= 0:
         return requested
-    # Leave the main process a core: on small machines it does the model's work.
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores - 1)
 
 
 def seed_everything(seed: int) -> None:
