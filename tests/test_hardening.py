@@ -34,35 +34,42 @@ def _all_checkpoints_load(run: Path) -> None:
             load_checkpoint(run / name)  # raises on a torn or partial file
 
 
+def _epoch_saved(run: Path) -> int:
+    try:
+        return load_checkpoint(run / "last.pt")["training"]["epoch"]
+    except Exception:  # noqa: BLE001 - not written yet
+        return 0
+
+
 def test_sigkill_at_random_moments_and_mid_write_then_resume(face_dir: Path, tmp_path: Path) -> None:
-    run, epochs = tmp_path / "run", 6
+    run, epochs = tmp_path / "run", 10
     rng = random.Random(0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     kills = []
-    for _ in range(12):
+    while True:
         cmd = _train_cmd(face_dir, run, epochs) + (["--resume"] if (run / "last.pt").exists() else [])
+        started_at = _epoch_saved(run)
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-        if not kills:
-            # First kill: the moment a checkpoint's temporary file appears, i.e. during a write.
-            deadline = time.time() + 120
-            while proc.poll() is None and time.time() < deadline and not list(run.glob(".*.pt.*.tmp")):
-                time.sleep(0.001)
-            assert proc.poll() is None, "training ended before any checkpoint write was seen"
-            proc.send_signal(signal.SIGKILL)
-            kills.append("during a checkpoint write")
-        elif len(kills) < 3:
-            time.sleep(rng.uniform(3, 9))
-            if proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGKILL)
-            kills.append("at a random moment")
-        else:
+        if len(kills) == 3:
             _, err = proc.communicate(timeout=300)
             assert proc.returncode == 0, err[-2000:]
             break
+        deadline = time.time() + 120
+        if not kills:
+            # First kill: the moment a checkpoint's temporary file appears, i.e. during a write.
+            while proc.poll() is None and time.time() < deadline and not list(run.glob(".*.pt.*.tmp")):
+                time.sleep(0.001)
+            kills.append("during a checkpoint write")
+        else:
+            # Then at a random moment after this process has made some progress.
+            while proc.poll() is None and time.time() < deadline and _epoch_saved(run) <= started_at:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0, 0.5))
+            kills.append("at a random moment")
+        assert proc.poll() is None, "training ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
         proc.wait()
         _all_checkpoints_load(run)
-    assert len(kills) == 3
     last = load_checkpoint(run / "last.pt")
     epochs_done = [h["epoch"] for h in last["training"]["history"]]
     assert epochs_done == list(range(1, epochs + 1))  # nothing repeated, nothing missing
