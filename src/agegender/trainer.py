@@ -111,7 +111,7 @@ def split_from_checkpoint(ckpt: dict, root: str | Path) -> tuple[list[D.Record],
     from the training data's, in which case the subsets may differ from the ones used in training.
     """
     cfg = ckpt["training"]["config"]
-    records = limit_records(D.scan_utkface(root).records, cfg["limit"], cfg["seed"])
+    records = limit_records(scan(root, cfg.get("labels", "")).records, cfg["limit"], cfg["seed"])
     split = D.stratified_split(records, D.parse_split(cfg["split"]), cfg["seed"])
     return records, split, D.data_fingerprint(root, records) == ckpt["training"].get("data_fingerprint")
 
@@ -139,13 +139,13 @@ def image_loader(cfg: TrainConfig):
     return open_image
 
 
-def scan(cfg_data: str, labels: str = "") -> D.ScanResult:
+def scan(root: str | Path, labels: str = "") -> D.ScanResult:
     """The labelled images of a folder: from a labels file when given, else from UTKFace file names."""
     if labels:
         from agegender.labels import read_labels
 
-        return read_labels(labels, cfg_data)
-    return D.scan_utkface(cfg_data)
+        return read_labels(labels, root)
+    return D.scan_utkface(root)
 
 
 def _datasets(cfg: TrainConfig, preset: PresetConfig, train_recs: list[D.Record], val_recs: list[D.Record],
