@@ -15,8 +15,9 @@ import torch
 
 from agegender import data as D
 from agegender.checkpoint import load_checkpoint, save_checkpoint
+from agegender.model import ModelConfig
 from agegender.trainer import calibrate, make_loader, scan
-from agegender.transforms import PresetConfig, eval_preset
+from agegender.transforms import eval_preset
 
 
 def main() -> None:
@@ -31,9 +32,8 @@ def main() -> None:
     ckpt = load_checkpoint(args.model)
     ckpt["inference"] = {**ckpt.get("inference", {}), "flip_tta": args.tta}
     save_checkpoint(ckpt, args.model)
-    cfg = ckpt["model_config"]
     records = D.select(scan(args.data).records, D.read_split(args.split_file), "val")
-    preset = PresetConfig(cfg["image_size"], cfg["crop_pct"], tuple(cfg["mean"]), tuple(cfg["std"]))
+    preset = ModelConfig.from_dict(ckpt["model_config"]).preset
     loader = make_loader(D.FaceDataset(args.data, records, eval_preset(preset)), 128, False, 1, torch.device("cpu"))
     print(calibrate(args.model, loader, records, torch.device("cpu"), args.coverage))  # noqa: T201
 

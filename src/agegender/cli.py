@@ -223,7 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from agegender.plots import age_scatter, mae_by_bucket
     from agegender.predictor import Predictor, resolve_model_path
     from agegender.trainer import default_workers, make_loader, scan
-    from agegender.transforms import PresetConfig, decode_preset, eval_preset
+    from agegender.transforms import decode_preset, eval_preset
 
     model_path = resolve_model_path(args.model)
     predictor = Predictor.from_checkpoint(model_path, device=args.device, flip_tta=args.tta, runtime=args.runtime)
@@ -244,8 +244,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         # Detect once, up front, so every skipped photo is counted with its reason.
         from agegender.faces import AlignedFaceLoader
 
-        cfg = predictor.model.config
-        preset = PresetConfig(cfg.image_size, cfg.crop_pct, cfg.mean, cfg.std)
+        preset = predictor.model.config.preset
         pixels, ok = build_cache(args.data, records, decode_preset(preset), preset.resize_size, "memory",
                                  not args.quiet, AlignedFaceLoader(args.face))
         ds = CachedFaceDataset(pixels, ok, records, eval_preset(preset, cached=True))

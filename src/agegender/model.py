@@ -19,6 +19,8 @@ import torch
 import torchvision
 from torch import nn
 
+from agegender.transforms import PresetConfig
+
 log = logging.getLogger(__name__)
 
 AGE_HEADS = ("regression", "dldl")
@@ -65,6 +67,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def preset(self) -> PresetConfig:
+        """The input geometry and normalisation this network was trained with."""
+        return PresetConfig(self.image_size, self.crop_pct, self.mean, self.std)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:

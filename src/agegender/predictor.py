@@ -16,7 +16,7 @@ from agegender.engine import resolve_device
 from agegender.images import open_image
 from agegender.metrics import age_interval
 from agegender.model import AgeGenderNet
-from agegender.transforms import PresetConfig, eval_preset
+from agegender.transforms import eval_preset
 
 ImageInput = Image.Image | str | Path | bytes | np.ndarray
 
@@ -108,7 +108,7 @@ class Predictor:
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         cfg = model.config
-        self.transform = eval_preset(PresetConfig(cfg.image_size, cfg.crop_pct, cfg.mean, cfg.std))
+        self.transform = eval_preset(cfg.preset)
         ckpt = checkpoint or {}
         # The checkpoint says how it was validated and calibrated (mirror averaging or not); follow it
         # unless told otherwise, so the interval keeps its calibrated coverage.

@@ -271,7 +271,7 @@ def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, inf
         model.load_state_dict(init["model_state"])
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    preset = PresetConfig(mcfg.image_size, mcfg.crop_pct, mcfg.mean, mcfg.std)
+    preset = mcfg.preset
 
     workers = default_workers(cfg.num_workers)
     train_ds, val_ds = _datasets(cfg, preset, train_recs, val_recs, info, progress)
