@@ -51,9 +51,15 @@ def real_batch() -> torch.Tensor:
     return torch.stack([transform(im) for im in _real_images()])
 
 
-def _tiny_model(age_head: str, batch: torch.Tensor) -> AgeGenderNet:
+# A fitted-looking quantile map: stretches the middle, flattens near 60, slope 1 beyond the ends.
+AGE_MAP = {"x": [5.0, 20.0, 40.0, 60.0, 61.0], "y": [2.0, 15.0, 45.0, 70.0, 70.0]}
+
+
+def _tiny_model(variant: str, batch: torch.Tensor) -> AgeGenderNet:
     torch.manual_seed(0)
-    model = AgeGenderNet(ModelConfig(backbone="mobilenet_v2", image_size=SIZE, age_head=age_head))
+    age_head, _, mapped = variant.partition("+")
+    model = AgeGenderNet(ModelConfig(backbone="mobilenet_v2", image_size=SIZE, age_head=age_head,
+                                     age_map=AGE_MAP if mapped else None))
     # A freshly initialised MobileNet shrinks activations ~1e9-fold by the last layer, so every image would get
     # the same output and parity would be checked on constants. BatchNorm statistics taken from the real batch
     # give activations of a trained network's scale, and outputs that differ between images.
@@ -71,7 +77,7 @@ def _tiny_model(age_head: str, batch: torch.Tensor) -> AgeGenderNet:
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=["regression", "dldl"])
+@pytest.fixture(scope="module", params=["regression", "dldl", "dldl+map"])
 def exported(request: pytest.FixtureRequest, real_batch: torch.Tensor,
              tmp_path_factory: pytest.TempPathFactory) -> tuple[AgeGenderNet, Path]:
     model = _tiny_model(request.param, real_batch)

@@ -59,11 +59,15 @@ TRAIN_HELP = {
     "ema": "decay of an exponential moving average of the weights (e.g. 0.999), 0 = off",
     "flip_tta": "validate, calibrate and predict on the image and its mirror image",
     "interval_coverage": "share of true ages the predicted age interval should hold",
+    "age_map": "after training, fit a monotone map on validation that gives the age estimates the "
+               "distribution of the true ages: undoes the pull towards the typical age (elderly too young, "
+               "young adults too old) at a small cost in MAE",
     "labels": "CSV with columns file (relative to --data) and any of age, gender (male/female or 0/1, 0 = male), "
     "age_group (25-32, 70+); for folders not named the UTKFace way",
     "detect": "images are uncropped photos: detect each face (MTCNN) and align it to UTKFace's framing first",
     "face": "with --detect: skip photos with several faces (single) or use the largest (largest)",
-    "init": "start from a trained checkpoint (PATH, or 'bundled' for the packaged model): fine-tuning",
+    "init": "start from a trained checkpoint (PATH, or 'bundled' for the packaged model): fine-tuning; it keeps "
+            "that model's network and input size unless --image-size / --crop-pct are given",
     "freeze_backbone_epochs": "with --init: train only the two heads for this many epochs, then everything",
     "cache": "decode each image once: none, memory, or disk (memory-mapped under $AGEGENDER_CACHE or "
     "~/.cache/agegender, reused by later runs and rebuilt when files change)",

@@ -63,6 +63,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     flip_tta: bool = False  # validate (and predict by default) on the image and its mirror image
     interval_coverage: float = 0.8  # share of true ages the predicted age interval should hold
+    age_map: bool = False  # fit a quantile map on validation against the regression to the mean
     labels: str = ""  # CSV of file,age,gender,age_group for folders not named the UTKFace way
     detect: bool = False  # images are uncropped photos: detect and align each face first
     face: str = "single"  # with detect: skip photos with several faces (single) or take the largest

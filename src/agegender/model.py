@@ -49,6 +49,9 @@ class ModelConfig:
     # The age head predicts (age - age_mean) / age_std; the network returns years as well.
     age_mean: float = 33.0
     age_std: float = 20.0
+    # Optional monotone map of the network's age estimate, fitted on validation (see ``fit_age_map``):
+    # {"x": raw estimates, "y": years} knots. None = the raw estimate.
+    age_map: dict | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,6 +65,15 @@ class ModelConfig:
             raise ValueError(f"image_size must be >= 16, got {self.image_size}")
         if self.age_std <= 0:
             raise ValueError(f"age_std must be > 0, got {self.age_std}")
+        if self.age_map is not None:
+            x, y = self.age_map.get("x"), self.age_map.get("y")
+            if x is None or y is None or len(x) != len(y) or len(x) < 2:
+                raise ValueError("age_map needs lists 'x' and 'y' of the same length >= 2")
+            steps_x = [b - a for a, b in zip(x[:-1], x[1:], strict=True)]
+            steps_y = [b - a for a, b in zip(y[:-1], y[1:], strict=True)]
+            if min(steps_x) <= 0 or min(steps_y) < 0:
+                raise ValueError("age_map must be increasing: x strictly, y not decreasing")
+            self.age_map = {"x": [float(v) for v in x], "y": [float(v) for v in y]}
         self.mean = tuple(float(x) for x in self.mean)
         self.std = tuple(float(x) for x in self.std)
 
@@ -158,6 +170,23 @@ def create_backbone(name: str, pretrained: str | None = None) -> tuple[nn.Module
     return net, num_features
 
 
+def map_age(age: torch.Tensor, knots_x: torch.Tensor, knots_y: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear monotone map through the knots ``(x, y)``, slope 1 beyond the end knots.
+
+    ``age`` any shape; knots ``[K]`` with ``x`` increasing. Written with clamps instead of a search so that it
+    exports to ONNX as plain Min/Max arithmetic.
+
+    >>> map_age(torch.tensor([-1.0, 0.0, 5.0, 10.0, 30.0]), torch.tensor([0.0, 10.0, 20.0]),
+    ...         torch.tensor([0.0, 20.0, 25.0]))
+    tensor([-1.,  0., 10., 20., 35.])
+    """
+    x0, x1 = knots_x[:-1], knots_x[1:]
+    slope = (knots_y[1:] - knots_y[:-1]) / (x1 - x0)
+    a = age.unsqueeze(-1)
+    inside = torch.minimum(torch.maximum(a, x0), x1) - x0  # how far along each segment, [..., K-1]
+    return knots_y[0] + (age - knots_x[0]) + ((slope - 1) * inside).sum(-1)
+
+
 def _head(in_features: int, hidden: int, dropout: float, out: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, out)
@@ -183,6 +212,18 @@ class AgeGenderNet(nn.Module):
         self.register_buffer("age_mean", torch.tensor(float(config.age_mean)), persistent=False)
         self.register_buffer("age_std", torch.tensor(float(config.age_std)), persistent=False)
         self.register_buffer("ages", torch.arange(n_age, dtype=torch.float32), persistent=False)
+        amap = config.age_map or {"x": [0.0, 1.0], "y": [0.0, 1.0]}
+        self.register_buffer("age_map_x", torch.tensor(amap["x"], dtype=torch.float32), persistent=False)
+        self.register_buffer("age_map_y", torch.tensor(amap["y"], dtype=torch.float32), persistent=False)
+
+    def _mapped(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.config.age_map is None:
+            return out
+        age, sigma = out["age"], out["age_sigma"]
+        # The spread goes through the same map (a symmetric difference), so stretched ages get wider spreads.
+        hi = map_age(age + sigma, self.age_map_x, self.age_map_y)
+        lo = map_age(age - sigma, self.age_map_x, self.age_map_y)
+        return out | {"age": map_age(age, self.age_map_x, self.age_map_y), "age_sigma": ((hi - lo) / 2).clamp_min(1e-6)}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``x``: ``[B, 3, H, W]`` normalised images -> dict of named outputs (see the module docstring)."""
@@ -193,8 +234,8 @@ class AgeGenderNet(nn.Module):
             p = torch.softmax(logits, dim=-1)
             age = (p * self.ages).sum(-1)
             var = (p * (self.ages - age.unsqueeze(-1)) ** 2).sum(-1)
-            return {"age": age, "age_sigma": var.clamp_min(1e-6).sqrt(), "age_logits": logits,
-                    "gender_logit": gender_logit}
+            return self._mapped({"age": age, "age_sigma": var.clamp_min(1e-6).sqrt(), "age_logits": logits,
+                                 "gender_logit": gender_logit})
         age_norm = self.age_head(feats).squeeze(-1)
-        return {"age": age_norm * self.age_std + self.age_mean, "age_sigma": torch.ones_like(age_norm),
-                "age_norm": age_norm, "gender_logit": gender_logit}
+        return self._mapped({"age": age_norm * self.age_std + self.age_mean, "age_sigma": torch.ones_like(age_norm),
+                             "age_norm": age_norm, "gender_logit": gender_logit})

@@ -6,6 +6,7 @@ Writes into the run folder: ``config.yaml`` (resolved), ``split.csv``, ``metrics
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -36,11 +37,12 @@ from agegender.losses import MultiTaskLoss
 from agegender.metrics import (
     age_interval,
     expected_calibration_error,
+    fit_age_map,
     fit_interval_scale,
     interval_coverage,
     summarize,
 )
-from agegender.model import AgeGenderNet, ModelConfig
+from agegender.model import AgeGenderNet, ModelConfig, map_age
 from agegender.plots import training_curves
 from agegender.predictor import resolve_model_path
 from agegender.transforms import PresetConfig, decode_preset, eval_preset, train_preset
@@ -259,6 +261,13 @@ def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, inf
         init = load_checkpoint(resolve_model_path(None if cfg.init == "bundled" else cfg.init))
         # A fine-tune keeps the network it starts from: its size, head and age normalisation.
         mcfg = ModelConfig.from_dict(dict(init["model_config"]))
+        # ...except its input framing: global pooling makes the input size free, so a fine-tune may move to a
+        # higher resolution (FixRes-style) when --image-size / --crop-pct are given explicitly.
+        framing = {k: (given or {})[k] for k in ("image_size", "crop_pct") if (given or {}).get(k) is not None}
+        if framing:
+            mcfg = dataclasses.replace(mcfg, **framing)
+        # An age map belongs to the network it was fitted on; calibration fits a new one if asked.
+        mcfg = dataclasses.replace(mcfg, age_map=None)
         if mcfg.age_head != ("dldl" if cfg.age_loss == "dldl" else "regression"):
             raise ValueError(f"--init model has a {mcfg.age_head} age head; use a matching --age-loss")
         log.info("fine-tuning from %s (%s, %d px)", cfg.init, mcfg.backbone, mcfg.image_size)
@@ -368,7 +377,7 @@ def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, inf
         if main:
             # Rank 0 alone sees the whole validation subset here, so the loader is not sharded.
             loader = make_loader(val_ds, cfg.batch_size * 2, False, workers, device)
-            calibrate(run.best, loader, val_recs, device, cfg.interval_coverage, progress)
+            calibrate(run.best, loader, val_recs, device, cfg.interval_coverage, progress, cfg.age_map)
         barrier(info)
     return training
 
@@ -390,9 +399,15 @@ def _save_epoch(run: RunPaths, eval_model: torch.nn.Module, model: torch.nn.Modu
 
 
 def calibrate(path: Path, loader: DataLoader, records: list[D.Record], device: torch.device, coverage: float,
-              progress: bool = True) -> dict:
-    """Fit the age interval on validation predictions of the checkpoint at ``path`` and store it there."""
+              progress: bool = True, age_map: bool = False) -> dict:
+    """Fit the age interval on validation predictions of the checkpoint at ``path`` and store it there.
+
+    ``age_map``: first fit a quantile map of the age estimates on the same predictions (see
+    :func:`agegender.metrics.fit_age_map`) and store it in the model config; the interval is then fitted
+    around the mapped ages. Without it any map the checkpoint had is removed.
+    """
     ckpt = load_checkpoint(path)
+    ckpt["model_config"] = {**ckpt["model_config"], "age_map": None}  # fit on the network's own estimates
     model = model_from_checkpoint(ckpt).to(device)
     out = predict_batches(model, loader, device, flip_tta=bool(ckpt.get("inference", {}).get("flip_tta")),
                           progress=progress, desc="calibrate")
@@ -400,6 +415,18 @@ def calibrate(path: Path, loader: DataLoader, records: list[D.Record], device: t
     gender = np.array([records[i].gender for i in out["index"]], float)
     cal: dict = {}
     a, g = ~np.isnan(true_age), ~np.isnan(gender)
+    if a.any() and age_map:
+        knots = fit_age_map(out["age"][a], true_age[a])
+        ckpt["model_config"]["age_map"] = knots
+        raw_mae = float(np.mean(np.abs(out["age"][a] - true_age[a])))
+        kx, ky = torch.tensor(knots["x"]), torch.tensor(knots["y"])
+        age, sigma = torch.from_numpy(out["age"]).float(), torch.from_numpy(out["age_sigma"]).float()
+        hi, lo = map_age(age + sigma, kx, ky), map_age(age - sigma, kx, ky)
+        out["age"], out["age_sigma"] = map_age(age, kx, ky).numpy(), ((hi - lo) / 2).clamp_min(1e-6).numpy()
+        cal["age_map"] = {"n": int(a.sum()), "knots": len(knots["x"]), "val_mae_raw": raw_mae,
+                          "val_mae_mapped": float(np.mean(np.abs(out["age"][a] - true_age[a])))}
+        log.info("age map fitted on %d validation images: val MAE %.3f -> %.3f", a.sum(), raw_mae,
+                 cal["age_map"]["val_mae_mapped"])
     if a.any():
         scale = fit_interval_scale(out["age"][a], out["age_sigma"][a], true_age[a], coverage)
         low, high = age_interval(out["age"][a], out["age_sigma"][a], scale)
