@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from agegender.losses import MultiTaskLoss, age_loss, gender_loss
+from agegender.losses import MultiTaskLoss, age_balance_weights, age_loss, gender_loss
 from agegender.metrics import (
     age_mae,
     age_rmse,
@@ -131,6 +131,33 @@ def test_multitask_half_precision_inputs():
     parts = MultiTaskLoss(10.0, 2.0)(out, targets)
     assert parts["loss"].dtype == torch.float32
     assert parts["gender_loss"].item() == pytest.approx(math.log(2), rel=1e-5)
+
+
+def test_multitask_age_balance_weights_each_image_by_its_age():
+    out = {"age_norm": torch.tensor(PRED), "gender_logit": torch.zeros(3)}
+    targets = {"age": torch.tensor(AGES), "gender": torch.tensor([1.0, 0.0, 0.0])}
+    table = torch.ones(121)
+    table[round(AGES[2])] = 4.0  # the third image's age counts four times
+    parts = MultiTaskLoss(10.0, 2.0, "l1", age_balance=table)(out, targets)
+    assert parts["age_loss"].item() == pytest.approx((0.5 + 1 + 4 * 2) / 3, rel=1e-6)
+    # an unknown age has no weight to look up and stays masked
+    targets["age"] = torch.tensor([AGES[0], NAN, AGES[2]])
+    parts = MultiTaskLoss(10.0, 2.0, "l1", age_balance=table)(out, targets)
+    assert parts["age_loss"].item() == pytest.approx((0.5 + 4 * 2) / 2, rel=1e-6)
+
+
+def test_age_balance_weights_favour_rare_ages():
+    rng = np.random.default_rng(0)
+    ages = np.concatenate([rng.normal(26, 4, 900), rng.uniform(60, 90, 100)])
+    w = age_balance_weights(ages, power=0.5)
+    idx = np.clip(np.rint(ages), 0, 120).astype(int)
+    assert w[idx].mean() == pytest.approx(1.0)
+    assert w[80] > 2 * w[26]
+    # power 0 is no re-weighting; the square root sits between none and full inverse frequency
+    np.testing.assert_allclose(age_balance_weights(ages, power=0.0), np.ones(121))
+    assert 1 < w[80] / w[26] < age_balance_weights(ages, power=1.0)[80] / age_balance_weights(ages, power=1.0)[26]
+    with pytest.raises(ValueError):
+        age_balance_weights(ages, power=-1)
 
 
 @pytest.mark.parametrize(

@@ -152,9 +152,10 @@ def test_training_with_age_map_stores_it_and_calibrates_around_it(face_dir: Path
     run = tmp_path / "run"
     rc = main(["train", "--data", str(face_dir), "--out", str(run), "--pretrained", "none", "--image-size", "32",
                "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--split", "0.5,0.5,0",
-               "--age-loss", "dldl", "--backbone", "resnet18", "--age-map", "-q"])
+               "--age-loss", "dldl", "--backbone", "resnet18", "--age-map", "--age-balance", "0.5", "-q"])
     assert rc == 0
     best = load_checkpoint(run / "best.pt")
+    assert best["training"]["config"]["age_balance"] == 0.5
     amap = best["model_config"]["age_map"]
     assert amap is not None and len(amap["x"]) >= 2
     cal = best["calibration"]

@@ -59,6 +59,9 @@ TRAIN_HELP = {
     "ema": "decay of an exponential moving average of the weights (e.g. 0.999), 0 = off",
     "flip_tta": "validate, calibrate and predict on the image and its mirror image",
     "interval_coverage": "share of true ages the predicted age interval should hold",
+    "age_balance": "re-weight each image's age loss by (smoothed share of training images of its age) to the "
+                   "power -P: 0 = off, 0.5 = square-root inverse frequency, 1 = inverse frequency; rare ages "
+                   "(the elderly, teenagers) then weigh more",
     "age_map": "after training, fit a monotone map on validation that gives the age estimates the "
                "distribution of the true ages: undoes the pull towards the typical age (elderly too young, "
                "young adults too old) at a small cost in MAE",

@@ -63,6 +63,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     flip_tta: bool = False  # validate (and predict by default) on the image and its mirror image
     interval_coverage: float = 0.8  # share of true ages the predicted age interval should hold
+    age_balance: float = 0.0  # re-weight the age loss by (smoothed frequency of the age) ** -age_balance
     age_map: bool = False  # fit a quantile map on validation against the regression to the mean
     labels: str = ""  # CSV of file,age,gender,age_group for folders not named the UTKFace way
     detect: bool = False  # images are uncropped photos: detect and align each face first
@@ -94,6 +95,7 @@ class TrainConfig:
         need(self.cache in ("none", "memory", "disk"), "--cache must be none, memory or disk")
         need(self.face in ("single", "largest"), "--face must be single or largest")
         need(self.freeze_backbone_epochs >= 0, "--freeze-backbone-epochs must be >= 0")
+        need(self.age_balance >= 0, "age_balance must be >= 0 (0 = off)")
         need(0 < self.interval_coverage < 1, "interval_coverage must be in (0, 1)")
         parse_split(self.split)
         return self

@@ -2,19 +2,48 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 AGE_LOSSES = ("mse", "l1", "smooth_l1", "dldl")
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     if not mask.any():
         return values.sum() * 0.0  # keeps the graph (and DDP) happy when a batch has no such label
+    if weights is not None:
+        values = values * weights
     return values[mask].mean()
 
 
-def age_loss(pred_norm: torch.Tensor, age: torch.Tensor, mean: float, std: float, kind: str = "mse") -> torch.Tensor:
+def age_balance_weights(ages: np.ndarray, power: float, n_ages: int = 121, sigma: float = 2.0) -> np.ndarray:
+    """Per-year loss weights ``[n_ages]`` against age imbalance: ``density(age) ** -power``, where the density is
+    the histogram of ``ages`` smoothed by a Gaussian of ``sigma`` years (label-distribution smoothing, Yang et
+    al. 2021), scaled so that the weights average 1 over ``ages``. ``power`` 0 = all ones, 0.5 = square-root
+    inverse frequency, 1 = inverse frequency.
+
+    >>> w = age_balance_weights(np.array([1.0, 1, 1, 3]), power=1.0, n_ages=5, sigma=0.01)
+    >>> [round(float(x), 3) for x in w[[1, 3]]], round(float((w[[1, 1, 1, 3]]).mean()), 3)
+    ([0.667, 2.0], 1.0)
+    """
+    if power < 0:
+        raise ValueError(f"power must be >= 0, got {power}")
+    ages = np.asarray(ages, float)
+    ages = ages[~np.isnan(ages)]
+    if ages.size == 0:
+        return np.ones(n_ages)
+    idx = np.clip(np.rint(ages), 0, n_ages - 1).astype(int)
+    hist = np.bincount(idx, minlength=n_ages).astype(float)
+    grid = np.arange(n_ages)
+    kernel = np.exp(-((grid[:, None] - grid[None, :]) ** 2) / (2 * sigma**2))
+    density = kernel @ hist
+    w = np.maximum(density, 1e-3 * density.max()) ** -power  # ages nobody has: finite weight, never used
+    return w / w[idx].mean()
+
+
+def age_loss(pred_norm: torch.Tensor, age: torch.Tensor, mean: float, std: float, kind: str = "mse",
+             weights: torch.Tensor | None = None) -> torch.Tensor:
     """Loss between the normalised prediction ``[B]`` and ages in years ``[B]`` (NaN = unknown).
 
     >>> age_loss(torch.tensor([0.0, 1.0]), torch.tensor([10.0, 10.0]), mean=10.0, std=2.0, kind="l1")
@@ -25,7 +54,7 @@ def age_loss(pred_norm: torch.Tensor, age: torch.Tensor, mean: float, std: float
     mask = ~torch.isnan(age)
     target = torch.where(mask, (age - mean) / std, torch.zeros_like(age))
     fn = {"mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}[kind]
-    return _masked_mean(fn(pred_norm, target, reduction="none"), mask)
+    return _masked_mean(fn(pred_norm, target, reduction="none"), mask, weights)
 
 
 def gaussian_label_distribution(age: torch.Tensor, n_bins: int, sigma: float = 2.0) -> torch.Tensor:
@@ -40,7 +69,7 @@ def gaussian_label_distribution(age: torch.Tensor, n_bins: int, sigma: float = 2
 
 
 def dldl_loss(logits: torch.Tensor, age: torch.Tensor, std: float, sigma: float = 2.0,
-              l1_weight: float = 1.0) -> torch.Tensor:
+              l1_weight: float = 1.0, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Label-distribution learning (DLDL-v2): KL(label distribution || softmax(logits)) plus the L1 error
     of the expectation (in units of ``std`` years). ``logits``: ``[B, K]``; ``age``: ``[B]`` (NaN = unknown).
     """
@@ -50,7 +79,7 @@ def dldl_loss(logits: torch.Tensor, age: torch.Tensor, std: float, sigma: float 
     logp = torch.log_softmax(logits, dim=-1)
     kl = (target * (torch.log(target.clamp_min(1e-12)) - logp)).sum(-1)
     expected = (logp.exp() * torch.arange(logits.shape[-1], device=logits.device)).sum(-1)
-    return _masked_mean(kl + l1_weight * (expected - a).abs() / std, mask)
+    return _masked_mean(kl + l1_weight * (expected - a).abs() / std, mask, weights)
 
 
 def gender_loss(logit: torch.Tensor, gender: torch.Tensor) -> torch.Tensor:
@@ -61,10 +90,14 @@ def gender_loss(logit: torch.Tensor, gender: torch.Tensor) -> torch.Tensor:
 
 
 class MultiTaskLoss(torch.nn.Module):
-    """``age_weight * age_loss + gender_weight * gender_loss``; returns the total and each part."""
+    """``age_weight * age_loss + gender_weight * gender_loss``; returns the total and each part.
+
+    ``age_balance``: optional per-year weights ``[K]`` (see :func:`age_balance_weights`); each image's age loss
+    is multiplied by the weight of its (rounded) age.
+    """
 
     def __init__(self, age_mean: float, age_std: float, age_kind: str = "mse", age_weight: float = 1.0,
-                 gender_weight: float = 1.0) -> None:
+                 gender_weight: float = 1.0, age_balance: torch.Tensor | None = None) -> None:
         super().__init__()
         if age_kind not in AGE_LOSSES:
             raise ValueError(f"age loss must be one of {AGE_LOSSES}, got {age_kind!r}")
@@ -72,15 +105,24 @@ class MultiTaskLoss(torch.nn.Module):
             raise ValueError("loss weights must be >= 0")
         self.age_mean, self.age_std, self.age_kind = age_mean, age_std, age_kind
         self.age_weight, self.gender_weight = age_weight, gender_weight
+        self.register_buffer("age_balance", None if age_balance is None else torch.as_tensor(age_balance).float())
+
+    def _sample_weights(self, age: torch.Tensor) -> torch.Tensor | None:
+        if self.age_balance is None:
+            return None
+        idx = torch.nan_to_num(age, nan=0.0).round().clamp(0, len(self.age_balance) - 1).long()
+        return self.age_balance.to(age.device)[idx]
 
     def forward(self, out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.age_kind == "dldl":
             if "age_logits" not in out:
                 raise ValueError("the dldl age loss needs a model with age_head='dldl'")
-            la = dldl_loss(out["age_logits"].float(), targets["age"], self.age_std)
+            la = dldl_loss(out["age_logits"].float(), targets["age"], self.age_std,
+                           weights=self._sample_weights(targets["age"]))
         else:
             if "age_norm" not in out:
                 raise ValueError(f"the {self.age_kind} age loss needs a model with age_head='regression'")
-            la = age_loss(out["age_norm"].float(), targets["age"], self.age_mean, self.age_std, self.age_kind)
+            la = age_loss(out["age_norm"].float(), targets["age"], self.age_mean, self.age_std, self.age_kind,
+                          self._sample_weights(targets["age"]))
         lg = gender_loss(out["gender_logit"].float(), targets["gender"])
         return {"loss": self.age_weight * la + self.gender_weight * lg, "age_loss": la, "gender_loss": lg}

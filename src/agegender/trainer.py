@@ -33,7 +33,7 @@ from agegender.config import TrainConfig
 from agegender.distributed import DistInfo, barrier, cleanup, gather_predictions, setup
 from agegender.engine import predict_batches, resolve_device, train_one_epoch
 from agegender.images import open_image
-from agegender.losses import MultiTaskLoss
+from agegender.losses import MultiTaskLoss, age_balance_weights
 from agegender.metrics import (
     age_interval,
     expected_calibration_error,
@@ -287,7 +287,13 @@ def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, inf
     train_loader = make_loader(train_ds, cfg.batch_size, True, workers, device, info, cfg.seed)
     val_loader = make_loader(val_ds, cfg.batch_size * 2, False, workers, device, info, cfg.seed) if val_ds else None
 
-    loss_fn = MultiTaskLoss(mcfg.age_mean, mcfg.age_std, cfg.age_loss, cfg.age_weight, cfg.gender_weight)
+    balance = None
+    if cfg.age_balance > 0:
+        balance = torch.from_numpy(age_balance_weights(ages, cfg.age_balance))
+        log.info("age loss re-weighted (power %.2f): weight %.2f at 26, %.2f at 80", cfg.age_balance,
+                 balance[26], balance[80])
+    loss_fn = MultiTaskLoss(mcfg.age_mean, mcfg.age_std, cfg.age_loss, cfg.age_weight, cfg.gender_weight,
+                            balance)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, len(train_loader))
     use_amp = cfg.amp and device.type == "cuda"
