@@ -100,6 +100,31 @@ def test_ctrl_c_keeps_last_complete_epoch_and_exits_130(face_dir: Path, tmp_path
     assert (run / "last.pt").read_bytes() != before  # epochs completed before the interrupt were saved
 
 
+@pytest.mark.parametrize("where, completed", [("_validate", 1), ("training_curves", 2)])
+def test_ctrl_c_outside_the_training_steps_reports_what_was_saved(where: str, completed: int, face_dir: Path,
+                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # Ctrl-C during epoch 2's validation (last.pt still holds epoch 1) or while epoch 2's curves are drawn
+    # (last.pt already holds epoch 2): the report and interrupted.pt must follow what is on disk.
+    import agegender.trainer as T
+
+    real, calls = getattr(T, where), []
+
+    def interrupt_on_second_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, where, interrupt_on_second_call)
+    run = tmp_path / "run"
+    assert main(_train_cmd(face_dir, run, 4)[3:]) == 130
+    assert load_checkpoint(run / "last.pt")["training"]["epoch"] == completed
+    assert load_checkpoint(run / "interrupted.pt")["training"]["interrupted_in_epoch"] == completed + 1
+    assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == list(range(1, completed + 1))
+    assert f"interrupted in epoch {completed + 1}" in caplog.text
+
+
 def test_a_diverging_loss_stops_with_a_message_and_keeps_the_checkpoints(trained_run: Path, face_dir: Path,
                                                                        tmp_path: Path,
                                                                        caplog: pytest.LogCaptureFixture) -> None:

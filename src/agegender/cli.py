@@ -286,7 +286,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "mean_width": float((df["age_high"] - df["age_low"]).mean()),
         }
     rep["meta"] = {"model": str(model_path), "data": str(args.data), "labels": args.labels, "scope": scope,
-                   "tta": predictor.flip_tta, "skipped_labels": len(scanned.skipped),
+                   "tta": predictor.flip_tta, "age_map": predictor.model.config.age_map is not None,
+                   "skipped_labels": len(scanned.skipped),
                    "skipped_unreadable_or_no_face": len(records) - len(df)}
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

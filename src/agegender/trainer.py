@@ -328,68 +328,76 @@ def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, inf
         train_model = torch.compile(train_model)
 
     fingerprint = D.data_fingerprint(cfg.data, records)
-    training = {}
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        # Re-seeding per epoch makes a resumed run shuffle exactly as an uninterrupted one would.
-        train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
-        # Heads only at first: large gradients from fresh heads would otherwise wreck the trained features.
-        model.backbone.requires_grad_(epoch > cfg.freeze_backbone_epochs)
-        t0 = time.time()
-        try:
+    training: dict = {}
+    # The last epoch whose last.pt is on disk. Ctrl-C may land anywhere (training, validation, a save, the
+    # plot); what is reported and kept follows what was written, not where the signal fell.
+    completed = start_epoch - 1
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            # Re-seeding per epoch makes a resumed run shuffle exactly as an uninterrupted one would.
+            train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)
+            # Heads only at first: large gradients from fresh heads would otherwise wreck the trained features.
+            model.backbone.requires_grad_(epoch > cfg.freeze_backbone_epochs)
+            t0 = time.time()
             losses = train_one_epoch(train_model, train_loader, loss_fn, optimizer, device, epoch, scheduler,
                                      scaler, use_amp, cfg.grad_clip, progress and main, ema)
-        except KeyboardInterrupt:
-            if main:
-                # last.pt stays the last complete epoch (what --resume continues from); the partial epoch's
-                # weights are kept beside it for whoever wants them.
-                partial = {**training, "interrupted_in_epoch": epoch} if training else {"interrupted_in_epoch": epoch}
-                save_checkpoint(make_checkpoint(eval_model, partial), run.root / "interrupted.pt")
-                log.warning("interrupted in epoch %d: %s holds the last complete epoch (resume with --resume); "
-                            "the partial epoch's weights are in %s", epoch, run.last, run.root / "interrupted.pt")
-            raise
-        row = {"epoch": epoch, "train_loss": losses.get("loss", math.nan),
-               "train_age_loss": losses.get("age_loss", math.nan),
-               "train_gender_loss": losses.get("gender_loss", math.nan), "lr": optimizer.param_groups[0]["lr"]}
-        if val_loader is not None:
-            row |= _validate(eval_model, val_loader, val_recs, device, cfg, info, progress, f"epoch {epoch} val")
-        row["seconds"] = round(time.time() - t0, 1)
-        history.append(row)
-        # Best by validation age MAE; by gender MAE where the validation images have no ages.
-        score = row.get("val_age_mae", math.nan)
-        if val_loader is not None and math.isnan(score):
-            score = row.get("val_gender_mae", math.nan)
-        is_best = val_loader is None or score < best_mae
-        if val_loader is not None and not math.isnan(score):
-            best_mae = min(best_mae, score)
-        summary = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
-        if info.enabled:
-            log.warning("rank %d epoch %d/%d  %s", info.rank, epoch, cfg.epochs, summary)
-        else:
-            log.info("epoch %d/%d  %s", epoch, cfg.epochs, summary)
+            row = {"epoch": epoch, "train_loss": losses.get("loss", math.nan),
+                   "train_age_loss": losses.get("age_loss", math.nan),
+                   "train_gender_loss": losses.get("gender_loss", math.nan), "lr": optimizer.param_groups[0]["lr"]}
+            if val_loader is not None:
+                row |= _validate(eval_model, val_loader, val_recs, device, cfg, info, progress, f"epoch {epoch} val")
+            row["seconds"] = round(time.time() - t0, 1)
+            history.append(row)
+            # Best by validation age MAE; by gender MAE where the validation images have no ages.
+            score = row.get("val_age_mae", math.nan)
+            if val_loader is not None and math.isnan(score):
+                score = row.get("val_gender_mae", math.nan)
+            is_best = val_loader is None or score < best_mae
+            if val_loader is not None and not math.isnan(score):
+                best_mae = min(best_mae, score)
+            summary = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
+            if info.enabled:
+                log.warning("rank %d epoch %d/%d  %s", info.rank, epoch, cfg.epochs, summary)
+            else:
+                log.info("epoch %d/%d  %s", epoch, cfg.epochs, summary)
 
-        training = {
-            "epoch": epoch, "config": cfg.to_dict(), "data_fingerprint": fingerprint, "metrics": row,
-            "best_val_age_mae": best_mae if math.isfinite(best_mae) else None, "history": history,
-            "split": {"file": run.split.name, "fractions": cfg.split, "seed": cfg.seed, "counts": counts},
-            "torch_version": str(torch.__version__), "world_size": info.world_size,
-        }
+            training = {
+                "epoch": epoch, "config": cfg.to_dict(), "data_fingerprint": fingerprint, "metrics": row,
+                "best_val_age_mae": best_mae if math.isfinite(best_mae) else None, "history": history,
+                "split": {"file": run.split.name, "fractions": cfg.split, "seed": cfg.seed, "counts": counts},
+                "torch_version": str(torch.__version__), "world_size": info.world_size,
+            }
+            if main:
+                _save_checkpoints(run, eval_model, model, ema, optimizer, scheduler, scaler, training, is_best, cfg)
+            completed = epoch
+            if main:
+                _save_reports(run, training)
+            barrier(info)
+    except KeyboardInterrupt:
         if main:
-            _save_epoch(run, eval_model, model, ema, optimizer, scheduler, scaler, training, is_best, cfg)
-        barrier(info)
+            _keep_interrupted(run, eval_model, completed + 1, training)
+        raise
     if val_loader is not None and training:
         barrier(info)
         if main:
             # Rank 0 alone sees the whole validation subset here, so the loader is not sharded.
             loader = make_loader(val_ds, cfg.batch_size * 2, False, workers, device)
-            calibrate(run.best, loader, val_recs, device, cfg.interval_coverage, progress, cfg.age_map)
+            try:
+                calibrate(run.best, loader, val_recs, device, cfg.interval_coverage, progress, cfg.age_map)
+            except KeyboardInterrupt:
+                log.warning("interrupted while fitting the age interval: all %d epochs are saved, but %s has "
+                            "no interval yet; fit it with: python scripts/recalibrate.py --model %s --data %s "
+                            "--split-file %s %s%s", training["epoch"], run.best, run.best, cfg.data, run.split,
+                            "--tta" if cfg.flip_tta else "--no-tta", " --age-map" if cfg.age_map else "")
+                raise
         barrier(info)
     return training
 
 
-def _save_epoch(run: RunPaths, eval_model: torch.nn.Module, model: torch.nn.Module, ema, optimizer, scheduler,
-                scaler, training: dict, is_best: bool, cfg: TrainConfig) -> None:
+def _save_checkpoints(run: RunPaths, eval_model: torch.nn.Module, model: torch.nn.Module, ema, optimizer,
+                      scheduler, scaler, training: dict, is_best: bool, cfg: TrainConfig) -> None:
     inference = {"flip_tta": cfg.flip_tta}
     # best.pt first: a crash between the two writes then loses no improvement.
     if is_best:
@@ -399,9 +407,25 @@ def _save_epoch(run: RunPaths, eval_model: torch.nn.Module, model: torch.nn.Modu
     if ema is not None:
         resume_state |= {"train_model_state": model.state_dict(), "ema_state": ema.state_dict()}
     save_checkpoint(make_checkpoint(eval_model, training, inference=inference, **resume_state), run.last)
+
+
+def _save_reports(run: RunPaths, training: dict) -> None:
     hist = pd.DataFrame(training["history"])
     atomic_write(run.metrics, lambda f: f.write(hist.to_csv(index=False).encode()))
     training_curves(hist, run.curves)
+
+
+def _keep_interrupted(run: RunPaths, eval_model: torch.nn.Module, epoch: int, training: dict) -> None:
+    """After Ctrl-C in ``epoch``: last.pt stays the last complete epoch (what --resume continues from); the
+    partial epoch's weights are kept beside it, and metrics.csv is brought in line with last.pt."""
+    partial = make_checkpoint(eval_model, {**training, "interrupted_in_epoch": epoch})
+    save_checkpoint(partial, run.root / "interrupted.pt")
+    done = [h for h in training.get("history", []) if h["epoch"] < epoch]
+    if done:
+        hist = pd.DataFrame(done)
+        atomic_write(run.metrics, lambda f: f.write(hist.to_csv(index=False).encode()))
+    log.warning("interrupted in epoch %d: %s holds the last complete epoch (resume with --resume); "
+                "the partial epoch's weights are in %s", epoch, run.last, run.root / "interrupted.pt")
 
 
 def calibrate(path: Path, loader: DataLoader, records: list[D.Record], device: torch.device, coverage: float,
