@@ -17,6 +17,8 @@ from pathlib import Path
 
 from agegender.cli import main as cli
 
+_ROW6 = ["--backbone", "mobilenet_v2", "--pretrained", "imagenet", "--age-loss", "dldl", "--optimizer", "adamw",
+         "--weight-decay", "0.05", "--warmup-epochs", "0.5"]
 LEVERS: list[tuple[str, list[str]]] = [
     ("reference: resnet18 from scratch, MSE, Adam, constant lr",
      ["--backbone", "resnet18", "--pretrained", "none", "--age-loss", "mse", "--schedule", "none"]),
@@ -28,9 +30,10 @@ LEVERS: list[tuple[str, list[str]]] = [
                                              "--age-loss", "dldl"]),
     ("mobilenet_v2 ImageNet, DLDL, cosine, EMA 0.99", ["--backbone", "mobilenet_v2", "--pretrained", "imagenet",
                                                        "--age-loss", "dldl", "--ema", "0.99"]),
-    ("mobilenet_v2 ImageNet, DLDL, cosine, AdamW wd 0.05, warm-up 0.5",
-     ["--backbone", "mobilenet_v2", "--pretrained", "imagenet", "--age-loss", "dldl", "--optimizer", "adamw",
-      "--weight-decay", "0.05", "--warmup-epochs", "0.5"]),
+    ("mobilenet_v2 ImageNet, DLDL, cosine, AdamW wd 0.05, warm-up 0.5", _ROW6),
+    ("row 6 without colour jitter (--augment 0)", [*_ROW6, "--augment", "0"]),
+    ("row 6 with doubled colour jitter (--augment 2)", [*_ROW6, "--augment", "2"]),
+    ("row 6 with the gender loss weighted 2x (--gender-weight 2)", [*_ROW6, "--gender-weight", "2"]),
 ]
 
 
