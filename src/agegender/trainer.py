@@ -409,10 +409,14 @@ def _save_checkpoints(run: RunPaths, eval_model: torch.nn.Module, model: torch.n
     save_checkpoint(make_checkpoint(eval_model, training, inference=inference, **resume_state), run.last)
 
 
-def _save_reports(run: RunPaths, training: dict) -> None:
-    hist = pd.DataFrame(training["history"])
+def _write_metrics(run: RunPaths, history: list[dict]) -> pd.DataFrame:
+    hist = pd.DataFrame(history)
     atomic_write(run.metrics, lambda f: f.write(hist.to_csv(index=False).encode()))
-    training_curves(hist, run.curves)
+    return hist
+
+
+def _save_reports(run: RunPaths, training: dict) -> None:
+    training_curves(_write_metrics(run, training["history"]), run.curves)
 
 
 def _keep_interrupted(run: RunPaths, eval_model: torch.nn.Module, epoch: int, training: dict) -> None:
@@ -422,8 +426,7 @@ def _keep_interrupted(run: RunPaths, eval_model: torch.nn.Module, epoch: int, tr
     save_checkpoint(partial, run.root / "interrupted.pt")
     done = [h for h in training.get("history", []) if h["epoch"] < epoch]
     if done:
-        hist = pd.DataFrame(done)
-        atomic_write(run.metrics, lambda f: f.write(hist.to_csv(index=False).encode()))
+        _write_metrics(run, done)
     log.warning("interrupted in epoch %d: %s holds the last complete epoch (resume with --resume); "
                 "the partial epoch's weights are in %s", epoch, run.last, run.root / "interrupted.pt")
 
