@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 from agegender.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
+    atomic_write,
     load_checkpoint,
     load_model,
     make_checkpoint,
@@ -96,3 +99,36 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"refused: it would import (io|builtins)\.open"):
         load_model(tmp_path / "evil.pt")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_ctrl_c_during_a_write_lets_the_file_finish_then_interrupts(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+
+    def write(f) -> None:
+        f.write(b"first half ")
+        os.kill(os.getpid(), signal.SIGINT)  # delivered to this (main) thread at once without the hold
+        f.write(b"second half")
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, write)
+    assert path.read_bytes() == b"first half second half"
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_during_torch_save_is_a_keyboard_interrupt_once_the_file_is_written(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # Unheld, the interrupt inside torch.save surfaces as a RuntimeError from its zip writer.
+    path = tmp_path / "m.pt"
+    save_checkpoint(make_checkpoint(_tiny()), path)
+    real_save = torch.save
+
+    def save_with_ctrl_c(obj, f, *args, **kwargs) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_with_ctrl_c)
+    new = make_checkpoint(_tiny("mobilenet_v2"))
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(new, path)
+    assert load_checkpoint(path)["model_config"]["backbone"] == "mobilenet_v2"  # the write completed first

@@ -20,8 +20,11 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,10 +55,38 @@ def make_checkpoint(model: AgeGenderNet, training: dict | None = None, **resume_
     }
 
 
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C until the block has finished, then raise ``KeyboardInterrupt``.
+
+    Why: a KeyboardInterrupt inside ``torch.save`` is masked by the RuntimeError its zip writer then raises
+    on close, and a block that writes several files must finish or not start. Only in the main thread and
+    only over Python's default handler (anything else installed, e.g. by the service, is left alone);
+    nested blocks are held by the outermost one.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write`` on a temporary file in ``path``'s folder, fsync, then rename it to ``path``: a crash
-    never leaves a torn file where a good one was, and a failed write leaves the old file untouched."""
-    path = Path(path)
+    never leaves a torn file where a good one was, and a failed write leaves the old file untouched. Ctrl-C
+    during the write takes effect once the file is in place (:func:`interrupts_held`)."""
+    with interrupts_held():
+        _atomic_write(Path(path), write)
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -24,6 +24,7 @@ from agegender import data as D
 from agegender.cache import CachedFaceDataset, build_cache
 from agegender.checkpoint import (
     atomic_write,
+    interrupts_held,
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
@@ -369,9 +370,11 @@ def _fit(cfg: TrainConfig, resume: bool, given: dict | None, progress: bool, inf
                 "split": {"file": run.split.name, "fractions": cfg.split, "seed": cfg.seed, "counts": counts},
                 "torch_version": str(torch.__version__), "world_size": info.world_size,
             }
-            if main:
-                _save_checkpoints(run, eval_model, model, ema, optimizer, scheduler, scaler, training, is_best, cfg)
-            completed = epoch
+            with interrupts_held():  # best.pt, last.pt and ``completed`` change together or not at all
+                if main:
+                    _save_checkpoints(run, eval_model, model, ema, optimizer, scheduler, scaler, training, is_best,
+                                      cfg)
+                completed = epoch
             if main:
                 _save_reports(run, training)
             barrier(info)
