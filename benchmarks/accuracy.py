@@ -3,25 +3,23 @@
     python benchmarks/accuracy.py --data UTKFACE_DIR [--model CKPT] [--out runs/accuracy]
 
 The checkpoint records its split (fractions, seed, image limit) and the fingerprint of the data it was trained
-on; the split is recomputed from those, checked against the fingerprint, and the test subset evaluated with
-`agegender evaluate`. Prints the headline figures, the per-bucket error and bias, the interval coverage and the
-gender calibration error.
+on; the split is recomputed from those, checked against the fingerprint, and the test subset evaluated with the
+same code as `agegender evaluate` (agegender.evaluate.evaluate). Prints the headline figures, the per-bucket
+error and bias, the interval coverage and the gender calibration error.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from agegender import data as D
-from agegender.checkpoint import load_checkpoint
-from agegender.cli import main as cli
-from agegender.predictor import resolve_model_path
-from agegender.trainer import split_from_checkpoint
+from agegender.checkpoint import load_checkpoint, resolve_model_path
+from agegender.evaluate import evaluate, write_report
+from agegender.predictor import Predictor
+from agegender.sources import select, split_from_checkpoint, write_split
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,18 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     model = resolve_model_path(args.model)
     ckpt = load_checkpoint(model)
-    _, split, same_data = split_from_checkpoint(ckpt, args.data)
+    all_records, split, same_data = split_from_checkpoint(ckpt, args.data)
     if not same_data:
         print("warning: this folder's fingerprint differs from the training data's: the test subset may not be "
               "the one held out in training")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    D.write_split(out / "split.csv", split)
-    if cli(["evaluate", "--model", str(model), "--data", args.data, "--split-file", str(out / "split.csv"),
-            "--subset", "test", "--out", str(out / "REPORT.json"), "--predictions", str(out / "PREDS.csv"),
-            "-q"]) != 0:
-        return 1
-    r = json.loads((out / "REPORT.json").read_text())
+    write_split(out / "split.csv", split)
+    records = select(all_records, split, "test")
+    df, r = evaluate(Predictor.from_checkpoint(model, device="auto"), args.data, records, progress=False)
+    write_report(df, r, out / "REPORT.json", out / "PREDS.csv", "test subset")
     print(f"$ {' '.join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])}")
     print(f"model {model} ({ckpt['model_config']['backbone']}, {ckpt['model_config']['image_size']} px), "
           f"test subset n={r['n']}")

@@ -12,7 +12,6 @@ elsewhere.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -20,19 +19,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from agegender.checkpoint import load_checkpoint
+from agegender.checkpoint import load_checkpoint, resolve_model_path
 from agegender.cli import main as cli
-from agegender.predictor import resolve_model_path
-from agegender.trainer import split_from_checkpoint
+from agegender.evaluate import evaluate, write_report
+from agegender.predictor import Predictor
+from agegender.sources import read_split, scan, select, split_from_checkpoint
 
 
 def _evaluate(model: Path, data: str, labels: Path, out: Path, split: Path | None = None, subset: str = "") -> dict:
-    args = ["evaluate", "--model", str(model), "--data", data, "--labels", str(labels), "--out", str(out), "-q"]
+    records = scan(data, str(labels)).records
     if split:
-        args += ["--split-file", str(split), "--subset", subset]
-    if cli(args) != 0:
-        raise SystemExit(f"evaluate failed: {args}")
-    return json.loads(out.read_text())
+        records = select(records, read_split(split), subset)
+    df, rep = evaluate(Predictor.from_checkpoint(model), data, records, progress=False)
+    write_report(df, rep, out)
+    return rep
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
     python benchmarks/load.py [--model CKPT] [--n 1000] [--concurrency 16] [--time-limit 600]
     python benchmarks/load.py --url http://127.0.0.1:8000 [--pid SERVER_PID]
 
-Without --url the server is started here as a subprocess (``python -m agegender.serve``) on a free loopback port
+Without --url the server is started here as a subprocess (``python -m agegender serve``) on a free loopback port
 and stopped at the end. Every request POSTs the same photo (examples/astronaut.png by default) as raw bytes.
 Reports requests/s, latency percentiles of the successful requests, answers by status (503 = the server shedding
 load on purpose, listed apart from errors) and the server's resident memory (VmRSS) before and after, and its peak
@@ -184,7 +184,7 @@ def main() -> int:
         host, port, pid = parts.hostname, parts.port or 80, args.pid
     else:
         host, port = "127.0.0.1", free_port()
-        cmd = [sys.executable, "-m", "agegender.serve", "--host", host, "--port", str(port), "--workers",
+        cmd = [sys.executable, "-m", "agegender", "serve", "--host", host, "--port", str(port), "--workers",
                str(args.server_workers), "--max-queue", str(args.max_queue), "-q"]
         if args.model:
             cmd += ["--model", args.model]

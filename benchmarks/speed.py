@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from agegender.checkpoint import resolve_model_path
 from agegender.faces import align
 from agegender.images import open_image
-from agegender.predictor import Predictor, resolve_model_path
+from agegender.predictor import Predictor
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from agegender import data as D
-from agegender.cache import CachedFaceDataset, build_cache
+from agegender.cache import build_cache
+from agegender.datasets import CachedFaceDataset, FaceDataset, default_workers, make_loader
 from agegender.engine import train_one_epoch
 from agegender.losses import MultiTaskLoss
 from agegender.model import AgeGenderNet, ModelConfig
-from agegender.trainer import default_workers, make_loader
 from agegender.transforms import PresetConfig, decode_preset, train_preset
 
 TRAIN_IMAGES = 15154
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = default_workers(args.workers)
     rows = []
     for size in args.sizes:
-        preset = PresetConfig(image_size=size)
+        preset = PresetConfig(image_size=size, crop_pct=0.9)
         cfg = ModelConfig(backbone=args.backbone, image_size=size)
         model = AgeGenderNet(cfg).train()
         loss_fn = MultiTaskLoss(cfg.age_mean, cfg.age_std, "mse")
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         ours = make_loader(CachedFaceDataset(pixels, ok, records, train_preset(preset, cached=True)),
                            args.batch_size, True, workers, torch.device("cpu"))
         ours_ips = through_loader(model, loss_fn, ours)
-        ref = make_loader(D.FaceDataset(args.data, records, train_preset(preset)), 32, True, 0,
+        ref = make_loader(FaceDataset(args.data, records, train_preset(preset)), 32, True, 0,
                           torch.device("cpu"))
         ref_ips = through_loader(model, loss_fn, ref)
         rows.append((size, bare_ips, ours_ips, ref_ips, TRAIN_IMAGES / ours_ips / 60, peak_rss_mb()))

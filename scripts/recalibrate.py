@@ -15,10 +15,11 @@ import logging
 
 import torch
 
-from agegender import data as D
+from agegender import sources as S
+from agegender.calibration import calibrate
 from agegender.checkpoint import load_checkpoint, save_checkpoint
+from agegender.datasets import FaceDataset, make_loader
 from agegender.model import ModelConfig
-from agegender.trainer import calibrate, make_loader, scan
 from agegender.transforms import eval_preset
 
 
@@ -36,9 +37,9 @@ def main() -> None:
     ckpt = load_checkpoint(args.model)
     ckpt["inference"] = {**ckpt.get("inference", {}), "flip_tta": args.tta}
     save_checkpoint(ckpt, args.model)
-    records = D.select(scan(args.data).records, D.read_split(args.split_file), "val")
+    records = S.select(S.scan(args.data).records, S.read_split(args.split_file), "val")
     preset = ModelConfig.from_dict(ckpt["model_config"]).preset
-    loader = make_loader(D.FaceDataset(args.data, records, eval_preset(preset)), 128, False, 1, torch.device("cpu"))
+    loader = make_loader(FaceDataset(args.data, records, eval_preset(preset)), 128, False, 1, torch.device("cpu"))
     print(calibrate(args.model, loader, records, torch.device("cpu"), args.coverage, age_map=args.age_map))  # noqa: T201
 
 

@@ -52,14 +52,28 @@ def face_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+def _tiny_train_argv(data: Path, out: Path, *extra: str, quiet: bool = True) -> list[str]:
+    """``agegender train`` argv for a tiny run: one epoch of the default network, untrained, at 32 px, batches of 8, no
+    workers, a 0.6/0.2/0.2 split; ``extra`` comes after these, so it can override them (argparse keeps the
+    last occurrence of an option), and ``-q`` last unless ``quiet`` is false."""
+    argv = ["train", "--data", str(data), "--out", str(out), "--pretrained", "none", "--image-size", "32",
+            "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--split", "0.6,0.2,0.2", *extra]
+    return [*argv, "-q"] if quiet else argv
+
+
+@pytest.fixture(scope="session")
+def tiny_train_argv():
+    """:func:`_tiny_train_argv`, for test modules (``--import-mode=importlib`` cannot import conftest)."""
+    return _tiny_train_argv
+
+
 @pytest.fixture(scope="session")
 def trained_run(face_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One epoch of a tiny ResNet-18 at 32 px through the CLI; returns the run folder."""
     from agegender.cli import main
 
     run = tmp_path_factory.mktemp("run") / "tiny"
-    rc = main(["train", "--data", str(face_dir), "--out", str(run), "--pretrained", "none", "--image-size", "32",
-               "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--split", "0.6,0.2,0.2", "-q"])
+    rc = main(_tiny_train_argv(face_dir, run))
     assert rc == 0
     return run
 

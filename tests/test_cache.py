@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from agegender.cache import CachedFaceDataset, build_cache
-from agegender.data import FaceDataset, scan_utkface
+from agegender.cache import build_cache
+from agegender.data import scan_utkface
+from agegender.datasets import CachedFaceDataset, FaceDataset
 from agegender.transforms import PresetConfig, decode_preset, eval_preset
 
 
@@ -39,7 +40,7 @@ def test_cached_items_equal_decoded_items(folder: Path) -> None:
 
 
 def test_disk_cache_is_reused_and_rebuilt_when_files_change(folder: Path, tmp_path: Path) -> None:
-    preset = PresetConfig(image_size=32)
+    preset = PresetConfig(image_size=32, crop_pct=0.9)
     decode = decode_preset(preset)
     records = scan_utkface(folder).records
     first, _ = build_cache(folder, records, decode, 36, "disk", progress=False)
@@ -60,13 +61,16 @@ def test_disk_cache_is_reused_and_rebuilt_when_files_change(folder: Path, tmp_pa
 def test_unreadable_image_is_marked_and_skipped(folder: Path, caplog: pytest.LogCaptureFixture) -> None:
     records = scan_utkface(folder).records
     (folder / records[3].file).write_bytes(b"not an image")
-    preset = PresetConfig(image_size=32)
+    preset = PresetConfig(image_size=32, crop_pct=0.9)
     pixels, ok = build_cache(folder, records, decode_preset(preset), 36, "memory", progress=False)
     assert not ok[3] and ok.sum() == len(records) - 1
-    assert "unreadable" in caplog.text
+    # the skipped file is logged with open_image's reason, then a summary counts the skips by kind
+    reason = "not an image file PIL can read"
+    assert any(m.startswith(f"skipping {records[3].file}: ") and m.endswith(reason) for m in caplog.messages)
+    assert f"1 of {len(records)} images skipped: 1 x {reason}" in caplog.messages
     assert CachedFaceDataset(pixels, ok, records, eval_preset(preset, cached=True))[3] is None
 
 
 def test_bad_mode() -> None:
     with pytest.raises(ValueError, match="memory or disk"):
-        build_cache(".", [], decode_preset(PresetConfig()), 10, "ram")
+        build_cache(".", [], decode_preset(PresetConfig(image_size=112, crop_pct=0.9)), 10, "ram")

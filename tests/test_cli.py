@@ -15,8 +15,9 @@ import yaml
 from PIL import Image
 
 from agegender.cli import main
-from agegender.data import read_split, scan_utkface
+from agegender.data import scan_utkface
 from agegender.predictor import Prediction, Predictor
+from agegender.sources import read_split
 
 PNG_MAGIC = b"\x89PNG"
 
@@ -197,7 +198,7 @@ def test_predict_detects_aligns_and_annotates_a_photo(trained_run: Path, tmp_pat
 
 
 def test_bundled_model_on_the_example_photo(tmp_path: Path) -> None:
-    from agegender.predictor import BUNDLED_MODEL
+    from agegender.checkpoint import BUNDLED_MODEL
 
     if not BUNDLED_MODEL.is_file():
         pytest.skip("no bundled model in this checkout")

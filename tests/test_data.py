@@ -13,17 +13,13 @@ from PIL import Image
 
 from agegender.data import (
     DataError,
-    FaceDataset,
     Record,
     age_bucket,
-    collate,
-    parse_split,
     parse_utkface_name,
-    read_split,
     scan_utkface,
-    stratified_split,
-    write_split,
 )
+from agegender.datasets import FaceDataset, collate
+from agegender.sources import parse_split, read_split, stratified_split, write_split
 from agegender.transforms import PresetConfig, eval_preset
 
 REAL_DATA_ENV = "AGEGENDER_TEST_DATA"
@@ -99,7 +95,7 @@ def test_parse_malformed_names_the_defect(name, defect):
     ],
 )
 def test_parse_non_numeric_field_raises(name):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^non-numeric (age|gender|datetime) field '"):
         parse_utkface_name(name)
 
 
@@ -128,7 +124,7 @@ def test_age_bucket_boundaries(age, bucket):
 
 
 def test_age_bucket_negative_raises():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="age -1 is outside 0-120"):
         age_bucket(-1)
 
 
@@ -230,7 +226,7 @@ def test_scan_only_malformed_raises(tmp_path):
 
 
 def test_scan_empty_folder_raises(tmp_path):
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"no labelled UTKFace image found under .* \(0 unusable files\)"):
         scan_utkface(tmp_path)
 
 
@@ -350,7 +346,10 @@ def test_split_stable_when_non_image_files_added(tmp_path):
     "text", ["0.8,0.2", "0.8,0.1,0.1,0", "0.5,0.5,0.5", "0.9,-0.1,0.2", "0,0.5,0.5", "a,b,c", "", "0.8;0.1;0.1"]
 )
 def test_parse_split_invalid(text):
-    with pytest.raises(ValueError):
+    # numbers that break the rule are named with it; text that is not numbers fails in float()
+    rule = "split must be three fractions train,val,test >= 0 summing to 1, got '"
+    numeric = all(part.replace(".", "").lstrip("-").isdigit() for part in text.split(","))
+    with pytest.raises(ValueError, match=rule if numeric else "could not convert string to float"):
         parse_split(text)
 
 
@@ -383,7 +382,7 @@ def test_read_split_unknown_subset(tmp_path):
 
 
 def test_read_split_missing_file(tmp_path):
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"cannot read split file .*nope\.csv: .*No such file"):
         read_split(tmp_path / "nope.csv")
 
 
@@ -399,7 +398,7 @@ def _dataset(tmp_path: Path, size: int = 16) -> tuple[FaceDataset, list[Record]]
     corrupt = _name(40, 1, 3, 99)
     (tmp_path / corrupt).write_bytes(b"not a jpeg")
     recs.insert(1, Record(corrupt, 40, 1, 3))
-    return FaceDataset(tmp_path, recs, eval_preset(PresetConfig(image_size=size))), recs
+    return FaceDataset(tmp_path, recs, eval_preset(PresetConfig(image_size=size, crop_pct=0.9))), recs
 
 
 def test_dataset_item(tmp_path):
@@ -414,7 +413,7 @@ def test_dataset_item(tmp_path):
 
 def test_dataset_corrupt_item_is_none_and_logged(tmp_path, caplog):
     ds, recs = _dataset(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="agegender.data"):
+    with caplog.at_level(logging.WARNING, logger="agegender.datasets"):
         assert ds[1] is None
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from agegender.checkpoint import load_model
-from agegender.data import read_split
+from agegender.sources import read_split
 
 
 def _free_port() -> int:
@@ -21,15 +21,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_processes_train_validate_and_resume(face_dir: Path, tmp_path: Path) -> None:
+def test_torchrun_two_processes_train_validate_and_resume(face_dir: Path, tmp_path: Path, tiny_train_argv) -> None:
     run = tmp_path / "ddp"
-    common = ["--data", str(face_dir), "--out", str(run), "--pretrained", "none", "--image-size", "32",
-              "--batch-size", "8", "--num-workers", "0", "--split", "0.6,0.2,0.2", "--cache", "memory"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                f"--master_port={_free_port()}", "-m", "agegender", "train"]
+                f"--master_port={_free_port()}", "-m", "agegender"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([*launcher, *common, "--epochs", "1"], capture_output=True, text=True, timeout=600,
-                         env=env)
+    # not quiet: each rank's epoch line is read from the log below
+    res = subprocess.run([*launcher, *tiny_train_argv(face_dir, run, "--cache", "memory", quiet=False)],
+                         capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     # every rank logs its own view of the validation figures; gathering makes them identical
     lines = re.findall(r"rank (\d) epoch 1/1 .*?(val_age_mae=\S+ .*val_gender_mae=\S+)", res.stderr)
@@ -43,8 +42,9 @@ def test_torchrun_two_processes_train_validate_and_resume(face_dir: Path, tmp_pa
     assert list(metrics["epoch"]) == [1]
 
     # resume under DDP continues at epoch 2
-    res = subprocess.run([*launcher, *common, "--epochs", "2", "--resume"], capture_output=True, text=True,
-                         timeout=600, env=env)
+    res = subprocess.run([*launcher, *tiny_train_argv(face_dir, run, "--cache", "memory", "--epochs", "2",
+                                                      "--resume", quiet=False)],
+                         capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == [1, 2]
 
@@ -52,8 +52,7 @@ def test_torchrun_two_processes_train_validate_and_resume(face_dir: Path, tmp_pa
     single = tmp_path / "single"
     from agegender.cli import main
 
-    args = [a if a != str(run) else str(single) for a in common]
-    assert main(["train", *args, "--epochs", "1", "-q"]) == 0
+    assert main(tiny_train_argv(face_dir, single, "--cache", "memory")) == 0
     assert read_split(single / "split.csv") == read_split(run / "split.csv")
     assert list(pd.read_csv(single / "metrics.csv").columns) == list(metrics.columns)
     single_model, _ = load_model(single / "best.pt")

@@ -16,7 +16,7 @@ from agegender.checkpoint import CheckpointError
 from agegender.export import OUTPUT_NAMES, OnnxModel, export_onnx
 from agegender.model import AgeGenderNet, ModelConfig
 from agegender.predictor import Predictor
-from agegender.transforms import PresetConfig, eval_preset
+from agegender.transforms import eval_preset
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -47,7 +47,7 @@ def _real_images(n: int = 8) -> list[Image.Image]:
 def real_batch() -> torch.Tensor:
     """``[8, 3, SIZE, SIZE]``, preprocessed exactly as the Predictor does."""
     cfg = ModelConfig(backbone="mobilenet_v2", image_size=SIZE)
-    transform = eval_preset(PresetConfig(cfg.image_size, cfg.crop_pct, cfg.mean, cfg.std))
+    transform = eval_preset(cfg.preset)
     return torch.stack([transform(im) for im in _real_images()])
 
 

@@ -22,10 +22,9 @@ from agegender.cli import main
 from agegender.data import scan_utkface
 
 
-def _train_cmd(face_dir: Path, run: Path, epochs: int) -> list[str]:
-    return [sys.executable, "-m", "agegender", "train", "--data", str(face_dir), "--out", str(run), "--pretrained",
-            "none", "--image-size", "32", "--epochs", str(epochs), "--batch-size", "8", "--num-workers", "0",
-            "--split", "0.6,0.2,0.2", "--cache", "memory", "-q"]
+def _train_cmd(tiny_train_argv, face_dir: Path, run: Path, epochs: int, quiet: bool = True) -> list[str]:
+    return [sys.executable, "-m", "agegender",
+            *tiny_train_argv(face_dir, run, "--epochs", str(epochs), "--cache", "memory", quiet=quiet)]
 
 
 def _all_checkpoints_load(run: Path) -> None:
@@ -41,13 +40,14 @@ def _epoch_saved(run: Path) -> int:
         return 0
 
 
-def test_sigkill_at_random_moments_and_mid_write_then_resume(face_dir: Path, tmp_path: Path) -> None:
+def test_sigkill_at_random_moments_and_mid_write_then_resume(face_dir: Path, tmp_path: Path,
+                                                            tiny_train_argv) -> None:
     run, epochs = tmp_path / "run", 10
     rng = random.Random(0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     kills = []
     while True:
-        cmd = _train_cmd(face_dir, run, epochs) + (["--resume"] if (run / "last.pt").exists() else [])
+        cmd = _train_cmd(tiny_train_argv, face_dir, run, epochs) + (["--resume"] if (run / "last.pt").exists() else [])
         started_at = _epoch_saved(run)
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         if len(kills) == 3:
@@ -78,14 +78,12 @@ def test_sigkill_at_random_moments_and_mid_write_then_resume(face_dir: Path, tmp
     assert not list(run.glob(".*.tmp"))
 
 
-def test_ctrl_c_keeps_last_complete_epoch_and_exits_130(face_dir: Path, tmp_path: Path) -> None:
+def test_ctrl_c_keeps_last_complete_epoch_and_exits_130(face_dir: Path, tmp_path: Path, tiny_train_argv) -> None:
     run = tmp_path / "run"
-    assert main(["train", "--data", str(face_dir), "--out", str(run), "--pretrained", "none", "--image-size", "32",
-                 "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--split", "0.6,0.2,0.2", "--cache",
-                 "memory", "-q"]) == 0
+    assert main(tiny_train_argv(face_dir, run, "--cache", "memory")) == 0
     before = (run / "last.pt").read_bytes()
-    proc = subprocess.Popen(_train_cmd(face_dir, run, 50)[:-1] + ["--resume"], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(_train_cmd(tiny_train_argv, face_dir, run, 50, quiet=False) + ["--resume"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     while time.time() < deadline and load_checkpoint(run / "last.pt")["training"]["epoch"] < 2:
         time.sleep(0.2)
@@ -100,10 +98,11 @@ def test_ctrl_c_keeps_last_complete_epoch_and_exits_130(face_dir: Path, tmp_path
     assert (run / "last.pt").read_bytes() != before  # epochs completed before the interrupt were saved
 
 
-@pytest.mark.parametrize("where, completed", [("_validate", 1), ("training_curves", 2)])
+@pytest.mark.parametrize("where, completed", [("validate", 1), ("training_curves", 2)])
 def test_ctrl_c_outside_the_training_steps_reports_what_was_saved(where: str, completed: int, face_dir: Path,
                                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+                                                                  caplog: pytest.LogCaptureFixture,
+                                                                  tiny_train_argv) -> None:
     # Ctrl-C during epoch 2's validation (last.pt still holds epoch 1) or while epoch 2's curves are drawn
     # (last.pt already holds epoch 2): the report and interrupted.pt must follow what is on disk.
     import agegender.trainer as T
@@ -118,7 +117,7 @@ def test_ctrl_c_outside_the_training_steps_reports_what_was_saved(where: str, co
 
     monkeypatch.setattr(T, where, interrupt_on_second_call)
     run = tmp_path / "run"
-    assert main(_train_cmd(face_dir, run, 4)[3:]) == 130
+    assert main(_train_cmd(tiny_train_argv, face_dir, run, 4)[3:]) == 130
     assert load_checkpoint(run / "last.pt")["training"]["epoch"] == completed
     assert load_checkpoint(run / "interrupted.pt")["training"]["interrupted_in_epoch"] == completed + 1
     assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == list(range(1, completed + 1))
@@ -169,7 +168,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(face_dir: Path, 
         assert not Path(_Payload.marker).exists(), name
 
 
-def test_bad_inputs_through_scan_train_evaluate_predict(bad_corpus: tuple[Path, dict], tmp_path: Path) -> None:
+def test_bad_inputs_through_scan_train_evaluate_predict(bad_corpus: tuple[Path, dict], tmp_path: Path,
+                                                        tiny_train_argv) -> None:
     data, names = bad_corpus
     scan = scan_utkface(data)
     skipped = {Path(f).name for f, _ in scan.skipped}
@@ -179,9 +179,7 @@ def test_bad_inputs_through_scan_train_evaluate_predict(bad_corpus: tuple[Path, 
     assert set(names["good"]) | set(names["odd_ok"]) | set(names["broken"]) <= listed
     run = tmp_path / "run"
     for cache in ("memory", "none"):  # both pipelines skip unreadable images mid-epoch
-        rc = main(["train", "--data", str(data), "--out", str(run / cache), "--pretrained", "none", "--image-size",
-                   "32", "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--split", "0.5,0.25,0.25",
-                   "--cache", cache, "-q"])
+        rc = main(tiny_train_argv(data, run / cache, "--batch-size", "4", "--split", "0.5,0.25,0.25", "--cache", cache))
         assert rc == 0
     report = tmp_path / "r.json"
     assert main(["evaluate", "--model", str(run / "memory" / "best.pt"), "--data", str(data), "--out", str(report),

@@ -82,13 +82,11 @@ def test_read_labels_counts_every_reason(face_dir: Path, tmp_path: Path, caplog:
         read_labels(tmp_path / "none.csv", tmp_path / "own")
 
 
-def test_train_and_evaluate_with_partial_labels(face_dir: Path, tmp_path: Path) -> None:
+def test_train_and_evaluate_with_partial_labels(face_dir: Path, tmp_path: Path, tiny_train_argv) -> None:
     rows = _own_folder(face_dir, tmp_path / "own")
     pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
     run = tmp_path / "run"
-    rc = main(["train", "--data", str(tmp_path / "own"), "--labels", str(tmp_path / "labels.csv"), "--out",
-               str(run), "--pretrained", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
-               "--num-workers", "0", "--split", "0.6,0.2,0.2", "-q"])
+    rc = main(tiny_train_argv(tmp_path / "own", run, "--labels", str(tmp_path / "labels.csv")))
     assert rc == 0
     assert math.isfinite(pd.read_csv(run / "metrics.csv")["train_loss"].iloc[0])  # masked losses stay finite
     report = tmp_path / "r.json"

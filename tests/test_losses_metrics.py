@@ -156,15 +156,20 @@ def test_age_balance_weights_favour_rare_ages():
     # power 0 is no re-weighting; the square root sits between none and full inverse frequency
     np.testing.assert_allclose(age_balance_weights(ages, power=0.0), np.ones(121))
     assert 1 < w[80] / w[26] < age_balance_weights(ages, power=1.0)[80] / age_balance_weights(ages, power=1.0)[26]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="power must be >= 0, got -1"):
         age_balance_weights(ages, power=-1)
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"age_kind": "huber"}, {"age_weight": -1.0}, {"gender_weight": -0.1}]
+    ("kwargs", "match"),
+    [
+        ({"age_kind": "huber"}, r"age loss must be one of \(.*'dldl'\), got 'huber'"),
+        ({"age_weight": -1.0}, "loss weights must be >= 0"),
+        ({"gender_weight": -0.1}, "loss weights must be >= 0"),
+    ],
 )
-def test_multitask_invalid(kwargs):
-    with pytest.raises(ValueError):
+def test_multitask_invalid(kwargs, match):
+    with pytest.raises(ValueError, match=match):
         MultiTaskLoss(age_mean=30.0, age_std=10.0, **kwargs)
 
 

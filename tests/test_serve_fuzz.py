@@ -58,7 +58,7 @@ def _raw(port: int, data: bytes, pause: float = 0.0) -> None:
 @pytest.fixture
 def server(trained_run: Path):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "agegender.serve", "--model", str(trained_run / "best.pt"),
+    proc = subprocess.Popen([sys.executable, "-m", "agegender", "serve", "--model", str(trained_run / "best.pt"),
                              "--port", str(port), "--max-upload-mb", "1", "--timeout", "30", "-q"],
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120

@@ -16,7 +16,7 @@ def _noise(w: int = 80, h: int = 50) -> Image.Image:
 
 
 def test_eval_preset_shape_dtype_non_square():
-    out = eval_preset(PresetConfig(image_size=32))(_noise(80, 50))
+    out = eval_preset(PresetConfig(image_size=32, crop_pct=0.9))(_noise(80, 50))
     assert isinstance(out, torch.Tensor)
     assert out.shape == (3, 32, 32)
     assert out.dtype == torch.float32
@@ -29,14 +29,14 @@ def test_eval_preset_tall_input():
 
 def test_eval_preset_constant_colour_normalised():
     colour = (200, 100, 50)
-    out = eval_preset(PresetConfig(image_size=32))(Image.new("RGB", (70, 45), colour))
+    out = eval_preset(PresetConfig(image_size=32, crop_pct=0.9))(Image.new("RGB", (70, 45), colour))
     for c in range(3):
         expected = (colour[c] / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
         assert torch.allclose(out[c], torch.full_like(out[c], expected), atol=1e-3), c
 
 
 def test_eval_preset_custom_mean_std():
-    cfg = PresetConfig(image_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
+    cfg = PresetConfig(image_size=16, crop_pct=0.9, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
     out = eval_preset(cfg)(Image.new("RGB", (20, 20), (255, 0, 255)))
     assert torch.allclose(out[0], torch.full((16, 16), 2.0), atol=1e-3)  # (1 - 0.5) / 0.25
     assert torch.allclose(out[1], torch.full((16, 16), -1.0), atol=1e-3)  # (0 - 0.5) / 0.5
@@ -44,7 +44,7 @@ def test_eval_preset_custom_mean_std():
 
 
 def test_eval_preset_deterministic():
-    tf = eval_preset(PresetConfig(image_size=32))
+    tf = eval_preset(PresetConfig(image_size=32, crop_pct=0.9))
     img = _noise()
     torch.manual_seed(0)
     a = tf(img)
@@ -54,7 +54,7 @@ def test_eval_preset_deterministic():
 
 
 def test_train_preset_random_but_seeded():
-    tf = train_preset(PresetConfig(image_size=32))
+    tf = train_preset(PresetConfig(image_size=32, crop_pct=0.9))
     img = _noise()
     torch.manual_seed(0)
     a = tf(img)
@@ -70,7 +70,7 @@ def test_train_preset_random_but_seeded():
 
 def test_train_preset_strength_zero_keeps_colours():
     # With strength 0 only crop and flip remain: a constant image comes out exactly normalised.
-    tf = train_preset(PresetConfig(image_size=16), strength=0.0)
+    tf = train_preset(PresetConfig(image_size=16, crop_pct=0.9), strength=0.0)
     colour = (10, 120, 240)
     torch.manual_seed(0)
     out = tf(Image.new("RGB", (40, 30), colour))
@@ -83,7 +83,7 @@ def test_train_preset_strength_zero_keeps_colours():
 @pytest.mark.parametrize("strength", [-0.1, -1.0])
 def test_train_preset_negative_strength(strength):
     with pytest.raises(ValueError, match="strength"):
-        train_preset(PresetConfig(), strength=strength)
+        train_preset(PresetConfig(image_size=112, crop_pct=0.9), strength=strength)
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def test_resize_size(size, crop, expected):
 
 
 def test_default_preset():
-    cfg = PresetConfig()
+    cfg = PresetConfig(image_size=112, crop_pct=0.9)
     assert cfg.image_size == 112
     assert cfg.mean == IMAGENET_MEAN
     assert cfg.std == IMAGENET_STD

@@ -60,7 +60,7 @@ def test_interval_scale_hits_the_coverage_on_exchangeable_data() -> None:
     low, high = age_interval(pred[2000:], sigma[2000:], s)
     assert interval_coverage(low, high, true[2000:]) == pytest.approx(0.8, abs=0.03)
     assert (low >= 0).all()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"coverage must be in \(0, 1\), got 1\.5"):
         fit_interval_scale(pred, sigma, true, 1.5)
 
 
@@ -72,11 +72,11 @@ def test_ece_is_zero_when_confidence_matches_accuracy() -> None:
     assert expected_calibration_error(np.full(10, 0.99), y) == pytest.approx(0.19)
 
 
-def test_dldl_ema_tta_run_calibrates_and_predicts_intervals(face_dir: Path, tmp_path: Path) -> None:
+def test_dldl_ema_tta_run_calibrates_and_predicts_intervals(face_dir: Path, tmp_path: Path,
+                                                            tiny_train_argv) -> None:
     run = tmp_path / "run"
-    rc = main(["train", "--data", str(face_dir), "--out", str(run), "--pretrained", "none", "--image-size", "32",
-               "--epochs", "2", "--batch-size", "8", "--num-workers", "0", "--split", "0.6,0.2,0.2",
-               "--age-loss", "dldl", "--ema", "0.9", "--flip-tta", "--backbone", "mobilenet_v2", "-q"])
+    rc = main(tiny_train_argv(face_dir, run, "--epochs", "2", "--age-loss", "dldl", "--ema", "0.9", "--flip-tta",
+                              "--backbone", "mobilenet_v2"))
     assert rc == 0
     best = load_checkpoint(run / "best.pt")
     assert best["model_config"]["age_head"] == "dldl" and best["inference"]["flip_tta"] is True
@@ -148,11 +148,11 @@ def test_model_applies_its_age_map_to_age_and_spread() -> None:
     assert torch.isfinite(b["age_sigma"]).all() and (b["age_sigma"] > 0).all()
 
 
-def test_training_with_age_map_stores_it_and_calibrates_around_it(face_dir: Path, tmp_path: Path) -> None:
+def test_training_with_age_map_stores_it_and_calibrates_around_it(face_dir: Path, tmp_path: Path,
+                                                                  tiny_train_argv) -> None:
     run = tmp_path / "run"
-    rc = main(["train", "--data", str(face_dir), "--out", str(run), "--pretrained", "none", "--image-size", "32",
-               "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--split", "0.5,0.5,0",
-               "--age-loss", "dldl", "--backbone", "resnet18", "--age-map", "--age-balance", "0.5", "-q"])
+    rc = main(tiny_train_argv(face_dir, run, "--split", "0.5,0.5,0", "--age-loss", "dldl", "--backbone", "resnet18",
+                              "--age-map", "--age-balance", "0.5"))
     assert rc == 0
     best = load_checkpoint(run / "best.pt")
     assert best["training"]["config"]["age_balance"] == 0.5

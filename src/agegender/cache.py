@@ -16,14 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from agegender.data import Record, data_fingerprint
 from agegender.images import ImageReadError, open_image
 
 log = logging.getLogger(__name__)
+# "none" decodes every image on every read (the reference pipeline); the others build a cache.
 CACHE_MODES = ("none", "memory", "disk")
 
 
@@ -54,7 +53,7 @@ def build_cache(root: str | Path, records: Sequence[Record], decode: Callable, s
     an interrupted build is never mistaken for a complete one); ``"memory"`` decodes into RAM. Images that
     cannot be used are logged and marked unreadable; a one-line summary counts them.
     """
-    if mode not in ("memory", "disk"):
+    if mode not in CACHE_MODES[1:]:
         raise ValueError(f"cache mode must be memory or disk, got {mode!r}")
     root = Path(root)
     shape = (len(records), side, side, 3)
@@ -92,23 +91,3 @@ def _summarise(failures: list[tuple[str, str]], total: int) -> None:
         kinds = Counter(why.split(": ", 1)[-1].split(" (")[0] for _, why in failures)
         log.warning("%d of %d images skipped: %s", len(failures), total,
                     ", ".join(f"{n} x {k}" for k, n in kinds.most_common(5)))
-
-
-class CachedFaceDataset(Dataset):
-    """Like :class:`data.FaceDataset`, but reads pixels from a decode cache: transforms get uint8 tensors."""
-
-    def __init__(self, pixels: np.ndarray, readable: np.ndarray, records: Sequence[Record],
-                 transform: Callable) -> None:
-        if len(pixels) != len(records):
-            raise ValueError(f"cache holds {len(pixels)} images for {len(records)} records")
-        self.pixels, self.readable, self.records, self.transform = pixels, readable, list(records), transform
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int):
-        if not self.readable[i]:
-            return None
-        image = torch.from_numpy(np.array(self.pixels[i])).permute(2, 0, 1)  # a copy: memmaps are read-only
-        r = self.records[i]
-        return self.transform(image), {"age": float(r.age), "gender": float(r.gender)}, i

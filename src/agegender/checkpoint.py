@@ -36,9 +36,21 @@ from agegender.model import AgeGenderNet, ModelConfig
 FORMAT = "agegender"
 FORMAT_VERSION = 1
 
+# The model that ships inside the package (see MODEL_CARD.md); used wherever no checkpoint is named.
+BUNDLED_MODEL = Path(__file__).with_name("default_model.pt")
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, unsafe, of another format or another architecture."""
+
+
+def resolve_model_path(path: str | Path | None) -> Path:
+    """``path``, or the bundled model when ``path`` is None or ``"bundled"``."""
+    if path is not None and str(path) != "bundled":
+        return Path(path)
+    if not BUNDLED_MODEL.is_file():
+        raise CheckpointError(f"this installation has no bundled model ({BUNDLED_MODEL}); pass --model CKPT")
+    return BUNDLED_MODEL
 
 
 def make_checkpoint(model: AgeGenderNet, training: dict | None = None, **resume_state) -> dict:

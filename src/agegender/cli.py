@@ -33,8 +33,8 @@ TRAIN_HELP = {
     "out": "run folder to write",
     "backbone": "resnet18 (the reference), resnet34, resnet50, mobilenet_v2, mobilenet_v3_large, efficientnet_b0",
     "pretrained": "none | imagenet (torchvision's weights: downloaded once, then read from torch's cache) | PATH",
-    "image_size": "input side in pixels",
-    "crop_pct": "share of the resized image kept by the crop",
+    "image_size": "input side in pixels (default: the --init model's, else 112)",
+    "crop_pct": "share of the resized image kept by the crop (default: the --init model's, else 0.9)",
     "head_hidden": "hidden units of each head",
     "dropout": "dropout in each head",
     "epochs": "number of epochs",
@@ -72,8 +72,8 @@ TRAIN_HELP = {
     "init": "start from a trained checkpoint (PATH, or 'bundled' for the packaged model): fine-tuning; it keeps "
             "that model's network and input size unless --image-size / --crop-pct are given",
     "freeze_backbone_epochs": "with --init: train only the two heads for this many epochs, then everything",
-    "cache": "decode each image once: none, memory, or disk (memory-mapped under $AGEGENDER_CACHE or "
-    "~/.cache/agegender, reused by later runs and rebuilt when files change)",
+    "cache": "decode each image once: memory, or disk (memory-mapped under $AGEGENDER_CACHE or "
+    "~/.cache/agegender, reused by later runs and rebuilt when files change); none decodes on every read",
     "channels_last": "channels-last memory format on CUDA",
     "compile": "torch.compile the model (CUDA; slow to start, faster per step)",
 }
@@ -81,62 +81,72 @@ TRAIN_HELP = {
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; a flag's default is None so that only flags given override the YAML."""
-    from dataclasses import MISSING, fields
+    from dataclasses import fields
 
-    from agegender.config import TrainConfig
+    from agegender.config import TrainConfig, option_type
 
     for f in fields(TrainConfig):
-        default = f.default if f.default is not MISSING else None
         flag = "--" + f.name.replace("_", "-")
-        shown = f" (default {default})" if default not in ("", None) else ""
-        if isinstance(default, bool):
+        shown = f" (default {f.default})" if f.default not in ("", None) else ""
+        if option_type(f.name) is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=TRAIN_HELP[f.name] + shown)
         else:
-            p.add_argument(flag, type=type(default), default=None, metavar=f.name.upper(),
+            p.add_argument(flag, type=option_type(f.name), default=None, metavar=f.name.upper(),
                            help=TRAIN_HELP[f.name] + shown)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="agegender",
-        description="Estimate age (years) and gender from face images: train, evaluate and predict.",
-        epilog="Exit status: 0 ok, 1 some inputs unreadable (rest done), 2 user error, 130 interrupted.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_model_options(p: argparse.ArgumentParser, device: str) -> None:
+    """The options of every command that runs a trained model."""
+    p.add_argument("--model", help="checkpoint or exported .onnx (default: the bundled model)")
+    p.add_argument("--device", default=device, help=f"auto, cpu, cuda, ... (default {device})")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the mirrored image (default: as the checkpoint was calibrated)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="run the network with torch (default) or onnxruntime (a .onnx --model implies onnx)")
 
+
+def _add_face_policy(p: argparse.ArgumentParser) -> None:
+    from agegender.sources import FACE_POLICIES
+
+    p.add_argument("--face", choices=FACE_POLICIES, default=FACE_POLICIES[0],
+                   help="with --detect: skip photos with several faces (default) or use the largest")
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a model on a UTKFace folder",
                        description="Train on a UTKFace folder. Defaults come from the built-in config, then "
                        "--config YAML, then the flags given here. Writes best.pt, last.pt, config.yaml, "
                        "metrics.csv, split.csv and curves.png into --out.")
     t.add_argument("--config", help="YAML file of options (keys as in a run's config.yaml)")
     _add_train_options(t)
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt, with the "
+                   "run's own config.yaml (flags may change only --epochs, --data, --num-workers, --device)")
     _add_common(t)
+
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    from agegender.sources import SUBSETS
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on labelled images",
                        description="Evaluate on a UTKFace folder (all valid images, or one subset of a split "
                        "file). Writes REPORT.json, PREDS.csv and two plots beside REPORT.json.")
-    e.add_argument("--model", help="checkpoint (default: the bundled model)")
     e.add_argument("--data", required=True, help="UTKFace folder")
     e.add_argument("--labels", help="CSV of file,age,gender,age_group (any subset of the label columns) for a "
                    "folder not named the UTKFace way; only the figures its labels allow are reported")
     e.add_argument("--detect", action="store_true", help="images are uncropped photos: detect and align faces")
-    e.add_argument("--face", choices=["single", "largest"], default="single",
-                   help="with --detect: skip photos with several faces (default) or use the largest")
+    _add_face_policy(e)
     e.add_argument("--split-file", help="a run's split.csv, to evaluate one subset")
-    e.add_argument("--subset", default="test", choices=["train", "val", "test"], help="subset (default test)")
+    e.add_argument("--subset", default="test", choices=SUBSETS, help="subset (default test)")
     e.add_argument("--out", required=True, help="REPORT.json to write")
     e.add_argument("--predictions", help="PREDS.csv to write (default: beside REPORT.json)")
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--num-workers", type=int, default=-1)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average with the mirrored image (default: as the checkpoint was calibrated)")
-    e.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="run the network with torch (default) or onnxruntime (a .onnx --model implies onnx)")
+    _add_model_options(e, "auto")
     _add_common(e)
 
+
+def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="find faces in photos and predict their age and gender",
                        description="Detect faces (MTCNN), align each to UTKFace's framing and predict; with "
                        "--aligned, treat each image as a ready face crop. Inputs are files or folders (searched "
@@ -145,7 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
     p.add_argument("--labels", help="predict the files listed in this CSV (column file, relative to --data)")
     p.add_argument("--data", help="folder the --labels file names are relative to")
-    p.add_argument("--model", help="checkpoint (default: the bundled model)")
     p.add_argument("--out", required=True, help="PREDS.csv or PREDS.json")
     p.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
     p.add_argument("--annotate", metavar="DIR", help="also write each photo with boxes and labels drawn into DIR")
@@ -153,13 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--det-threshold", type=float, default=0.7,
                    help="minimum detector score of the final stage (default 0.7)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average with the mirrored image (default: as the checkpoint was calibrated)")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="run the network with torch (default) or onnxruntime (a .onnx --model implies onnx)")
+    _add_model_options(p, "cpu")
     _add_common(p)
 
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("export", help="export a model to ONNX",
                        description="Export to ONNX: input 'image' float32 [N, 3, S, S] (normalised as the "
                        "model's eval preset; N dynamic), outputs 'age', 'age_sigma', 'p_female', "
@@ -170,9 +177,32 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     _add_common(x)
 
-    from agegender.serve import add_serve_parser
 
-    add_serve_parser(sub)
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the web service and page",
+                       description="Serve POST /v1/predict, GET /v1/model and a web page at / over HTTP "
+                       "(needs the serve extras: pip install 'agegender[serve]').")
+    p.add_argument("--model", help="checkpoint (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="prediction threads (default 1)")
+    p.add_argument("--max-queue", type=int, default=8, help="requests that may wait for a thread (default 8)")
+    p.add_argument("--max-upload-mb", type=float, default=10, help="largest upload in MiB (default 10)")
+    p.add_argument("--timeout", type=float, default=30, help="seconds before a request fails with 504 (default 30)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    _add_common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agegender",
+        description="Estimate age (years) and gender from face images: train, evaluate and predict.",
+        epilog="Exit status: 0 ok, 1 some inputs unreadable (rest done), 2 user error, 130 interrupted.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train_parser, _add_evaluate_parser, _add_predict_parser, _add_export_parser,
+                _add_serve_parser):
+        add(sub)
     return parser
 
 
@@ -184,7 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     from agegender.engine import NonFiniteLossError
     from agegender.images import ImageReadError
     from agegender.model import PretrainedWeightsError
-    from agegender.serve import cmd_serve
 
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
                 "serve": cmd_serve}
@@ -205,105 +234,87 @@ def cmd_train(args: argparse.Namespace) -> int:
     from agegender.config import TrainConfig
     from agegender.trainer import fit
 
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    if args.resume and args.out and not args.config and (Path(args.out) / "config.yaml").exists():
-        args.config = str(Path(args.out) / "config.yaml")
-    cfg = TrainConfig.from_sources(args.config, given)
-    summary = fit(cfg, resume=args.resume, given=given, progress=not args.quiet)
-    log.info("done: %s (best validation age MAE %s)", Path(cfg.out) / "best.pt", summary.get("best_val_age_mae"))
+    flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    config = args.config
+    run_config = Path(args.out) / "config.yaml" if args.out else None
+    if args.resume and run_config is not None and run_config.exists():
+        # A resumed run continues its own recipe: the flags given are checked against it, not another YAML.
+        if config:
+            log.info("--resume: using %s, not --config %s", run_config, config)
+        config = str(run_config)
+    cfg = TrainConfig.from_sources(config, flags)
+    summary = fit(cfg, resume=args.resume, progress=not args.quiet)
+    best = summary.get("best", {})
+    log.info("done: %s (best %s %s)", Path(cfg.out) / "best.pt", best.get("metric", "validation score"),
+             best.get("value"))
     return EXIT_OK
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    import pandas as pd
+def _evaluation_records(args: argparse.Namespace) -> tuple[list, str, int]:
+    """The records to evaluate (all, or one subset of a split file), a description of them, and how many
+    files were skipped for their labels."""
+    from agegender import sources as S
 
-    from agegender import data as D
-    from agegender.cache import CachedFaceDataset, build_cache
-    from agegender.engine import predict_batches
-    from agegender.metrics import (
-        age_group_scores,
-        age_interval,
-        expected_calibration_error,
-        interval_coverage,
-        report,
-    )
-    from agegender.plots import age_scatter, mae_by_bucket
-    from agegender.predictor import Predictor, resolve_model_path
-    from agegender.trainer import default_workers, make_loader, scan
-    from agegender.transforms import decode_preset, eval_preset
-
-    model_path = resolve_model_path(args.model)
-    predictor = Predictor.from_checkpoint(model_path, device=args.device, flip_tta=args.tta, runtime=args.runtime)
-    scanned = scan(args.data, args.labels)
-    records = scanned.records
-    scope = "all labelled images"
+    scanned = S.scan(args.data, args.labels)
+    records, scope = scanned.records, "all labelled images"
     if args.split_file:
-        split = D.read_split(args.split_file)
-        records = D.select(records, split, args.subset)
+        split = S.read_split(args.split_file)
+        records = S.select(records, split, args.subset)
         missing = sum(1 for v in split.values() if v == args.subset) - len(records)
         if missing:
             log.warning("%d files of subset %s in %s are not in %s", missing, args.subset, args.split_file, args.data)
         scope = f"subset {args.subset} of {args.split_file}"
         if not records:
-            raise D.DataError(f"no image of {scope} found in {args.data}")
-    workers = default_workers(args.num_workers)
-    if args.detect:
-        # Detect once, up front, so every skipped photo is counted with its reason.
-        from agegender.faces import AlignedFaceLoader
+            from agegender.data import DataError
 
-        preset = predictor.model.config.preset
-        pixels, ok = build_cache(args.data, records, decode_preset(preset), preset.resize_size, "memory",
-                                 not args.quiet, AlignedFaceLoader(args.face))
-        ds = CachedFaceDataset(pixels, ok, records, eval_preset(preset, cached=True))
-        workers = 0  # the pixels are already in this process's memory
-    else:
-        ds = D.FaceDataset(args.data, records, predictor.transform)
-    loader = make_loader(ds, args.batch_size, False, workers, predictor.device)
-    out = predict_batches(predictor.model, loader, predictor.device, flip_tta=predictor.flip_tta,
-                          progress=not args.quiet, desc="evaluate")
-    recs = [records[i] for i in out["index"]]
-    df = pd.DataFrame({
-        "file": [r.file for r in recs], "age_true": [r.age for r in recs], "gender_true": [r.gender for r in recs],
-        "race": [r.race for r in recs], "age_pred": out["age"].round(3), "p_female": out["p_female"].round(5),
-        "age_group_true": [f"{g[0]}-{g[1]}" if g else "" for g in (r.age_group for r in recs)],
-    })
-    if df.empty:
-        raise D.DataError(f"none of the {len(records)} images of {scope} could be read")
-    if predictor.interval_scale is not None:
-        low, high = age_interval(out["age"], out["age_sigma"], predictor.interval_scale)
-        df["age_low"], df["age_high"] = low.round(3), high.round(3)
-    rep = report(df)
-    known_gender = df["gender_true"].notna()
-    if known_gender.any():
-        rep["gender_ece"] = expected_calibration_error(df["p_female"][known_gender], df["gender_true"][known_gender])
-    rep |= age_group_scores(df["age_pred"].to_numpy(), [r.age_group for r in recs])
-    known_age = df["age_true"].notna()
-    if "age_low" in df and known_age.any():
-        k = df[known_age]
-        rep["age_interval"] = {
-            "target_coverage": predictor.interval_coverage,
-            "coverage": interval_coverage(k["age_low"], k["age_high"], k["age_true"]),
-            "mean_width": float((df["age_high"] - df["age_low"]).mean()),
-        }
-    rep["meta"] = {"model": str(model_path), "data": str(args.data), "labels": args.labels, "scope": scope,
-                   "tta": predictor.flip_tta, "age_map": predictor.model.config.age_map is not None,
-                   "skipped_labels": len(scanned.skipped),
-                   "skipped_unreadable_or_no_face": len(records) - len(df)}
-    out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    preds_path = Path(args.predictions) if args.predictions else out_path.with_name(out_path.stem + "_preds.csv")
-    preds_path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(preds_path, index=False)
-    out_path.write_text(json.dumps(rep, indent=2))
-    if "age_mae" in rep:
-        age_scatter(df[known_age], out_path.with_name(out_path.stem + "_age_scatter.png"),
-                    f"{scope}: MAE {rep['age_mae']:.2f} y, n={int(known_age.sum())}")
-        mae_by_bucket(rep, out_path.with_name(out_path.stem + "_mae_by_age.png"))
-    figures = {"age MAE": rep.get("age_mae"), "CS@5 %": rep.get("cs5"), "gender acc": rep.get("gender_accuracy"),
-               "gender MAE": rep.get("gender_mae"), "gender AUC": rep.get("gender_auc"),
-               "age-group acc": rep.get("age_group_accuracy"), "one-off": rep.get("age_group_one_off")}
-    log.info("n=%d  %s -> %s", rep["n"], "  ".join(f"{k} {v:.3f}" for k, v in figures.items() if v is not None),
-             out_path)
+            raise DataError(f"no image of {scope} found in {args.data}")
+    return records, scope, len(scanned.skipped)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from agegender.checkpoint import resolve_model_path
+    from agegender.evaluate import evaluate, headline, write_report
+    from agegender.predictor import Predictor
+
+    model_path = resolve_model_path(args.model)
+    predictor = Predictor.from_checkpoint(model_path, device=args.device, flip_tta=args.tta, runtime=args.runtime)
+    records, scope, skipped_labels = _evaluation_records(args)
+    df, rep = evaluate(predictor, args.data, records, detect=args.detect, face=args.face,
+                       batch_size=args.batch_size, workers=args.num_workers, progress=not args.quiet)
+    rep["meta"] |= {"model": str(model_path), "data": str(args.data), "labels": args.labels, "scope": scope,
+                    "skipped_labels": skipped_labels}
+    write_report(df, rep, args.out, args.predictions, scope)
+    log.info("%s -> %s", headline(rep), args.out)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from agegender.checkpoint import resolve_model_path
+    from agegender.export import export_checkpoint
+
+    out = export_checkpoint(resolve_model_path(args.model), args.out, args.opset)
+    log.info("wrote %s", out)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from agegender.serve import create_app
+    except ImportError:
+        log.error("agegender serve needs the serve extras: pip install 'agegender[serve]'")
+        return EXIT_USAGE
+    from agegender.checkpoint import resolve_model_path
+    from agegender.predictor import Predictor
+
+    path = resolve_model_path(args.model)
+    predictor = Predictor.from_checkpoint(path, device=args.device)
+    app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout_s=args.timeout,
+                     max_queue=args.max_queue, workers=args.workers, model_name=path.name)
+    log.info("model %s (%s); http://%s:%d/", path, predictor.model.config.backbone, args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None,
+                log_level="warning" if args.quiet else "info")
     return EXIT_OK
 
 
@@ -326,34 +337,83 @@ def _expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]
     return files, errors
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from agegender.export import export_checkpoint
-    from agegender.predictor import resolve_model_path
-
-    out = export_checkpoint(resolve_model_path(args.model), args.out, args.opset)
-    log.info("wrote %s", out)
-    return EXIT_OK
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 2)
-
-
 PREDICT_COLUMNS = ["file", "face", "box_x1", "box_y1", "box_x2", "box_y2", "det_score", "landmarks", "age",
                    "age_low", "age_high", "gender", "p_female", "status", "error"]
 
 
-def _prediction_fields(pred) -> dict:
-    return {"age": round(pred.age, 2), "age_low": _round(pred.age_low), "age_high": _round(pred.age_high),
-            "gender": pred.gender, "p_female": round(pred.p_female, 5)}
+def _row(file: Path | str, prediction: dict) -> dict:
+    """A flat output row from ``Prediction.to_dict()`` or ``FacePrediction.to_dict()``: the box in four
+    columns, the estimates rounded for reading."""
+    row = {"file": str(file), "face": 0, **prediction, "status": "ok"}
+    if "box" in row:
+        row["box_x1"], row["box_y1"], row["box_x2"], row["box_y2"] = row.pop("box")
+    for key, digits in (("age", 2), ("age_low", 2), ("age_high", 2), ("p_female", 5)):
+        if row.get(key) is not None:
+            row[key] = round(row[key], digits)
+    return row
+
+
+def _predict_files(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files to predict (inputs, and those of --labels) and the inputs that are not there."""
+    if not args.inputs and not args.labels:
+        raise ValueError("give image files or folders, or --data DIR --labels labels.csv")
+    files, errors = _expand_inputs(args.inputs)
+    if args.labels:
+        from agegender.sources import scan
+
+        if not args.data:
+            raise ValueError("--labels needs --data, the folder its file names are relative to")
+        files += [Path(args.data) / r.file for r in scan(args.data, args.labels).records]
+    return files, errors
+
+
+def _predict_batch(predictor, files: list[Path], args: argparse.Namespace, annotate_dir: Path | None,
+                   rows: list[dict], errors: list[tuple[str, str]]) -> None:
+    """Predict one batch of ``files``, appending a row per face (or per problem) to ``rows``."""
+    from agegender.images import ImageReadError, open_image
+
+    chunk, images = [], []
+    for f in files:
+        try:
+            images.append(open_image(f))
+            chunk.append(f)
+        except ImageReadError as e:
+            errors.append((str(f), str(e)))
+            rows.append({"file": str(f), "status": "error", "error": str(e)})
+    if not images:
+        return
+    if args.aligned:
+        rows.extend(_row(f, pred.to_dict()) for f, pred in zip(chunk, predictor.predict(images, len(images)),
+                                                                strict=True))
+        return
+    for f, img, faces in zip(chunk, images, predictor.predict_faces(images, len(images)), strict=True):
+        rows.extend(_row(f, face.to_dict()) for face in faces)
+        if not faces:
+            rows.append({"file": str(f), "status": "no_face"})
+        if annotate_dir:
+            from agegender.annotate import draw_faces
+
+            draw_faces(img, faces).save(annotate_dir / f"{Path(f).stem}_annotated.jpg", quality=92)
+
+
+def _write_predictions(rows: list[dict], out_path: Path) -> None:
+    import pandas as pd
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.suffix.lower() == ".json":
+        out_path.write_text(json.dumps([{k: v for k, v in r.items() if v is not None} for r in rows], indent=2))
+        return
+    df = pd.DataFrame(rows, columns=PREDICT_COLUMNS)
+    df["landmarks"] = df["landmarks"].map(lambda v: json.dumps(v) if isinstance(v, list) else "")
+    df["face"] = df["face"].astype("Int64")
+    df.to_csv(out_path, index=False)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import pandas as pd
     from tqdm.auto import tqdm
 
-    from agegender.images import ImageReadError, open_image
-    from agegender.predictor import Predictor, resolve_model_path
+    from agegender.checkpoint import resolve_model_path
+    from agegender.predictor import Predictor
 
     out_path = Path(args.out)
     if out_path.suffix.lower() not in (".csv", ".json"):
@@ -368,61 +428,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                           detector=detector, runtime=args.runtime)
     annotate_dir = Path(args.annotate) if args.annotate else None
     if annotate_dir:
-        from agegender.annotate import draw_faces
-
         annotate_dir.mkdir(parents=True, exist_ok=True)
-    if not args.inputs and not args.labels:
-        raise ValueError("give image files or folders, or --data DIR --labels labels.csv")
-    files, errors = _expand_inputs(args.inputs)
-    if args.labels:
-        from agegender.trainer import scan
-
-        if not args.data:
-            raise ValueError("--labels needs --data, the folder its file names are relative to")
-        files += [Path(args.data) / r.file for r in scan(args.data, args.labels).records]
+    files, errors = _predict_files(args)
     rows: list[dict] = [{"file": f, "status": "error", "error": why} for f, why in errors]
-    n_faces = n_no_face = 0
-    bar = tqdm(total=len(files), desc="predict", unit="img", disable=True if args.quiet else None,
-               dynamic_ncols=True)
-    for start in range(0, len(files), args.batch_size):
-        chunk, images = [], []
-        for f in files[start : start + args.batch_size]:
-            try:
-                images.append(open_image(f))
-                chunk.append(f)
-            except ImageReadError as e:
-                errors.append((str(f), str(e)))
-                rows.append({"file": str(f), "status": "error", "error": str(e)})
-        if args.aligned:
-            for f, pred in zip(chunk, predictor.predict(images, args.batch_size) if images else [], strict=True):
-                rows.append({"file": str(f), "face": 0, **_prediction_fields(pred), "status": "ok"})
-                n_faces += 1
-        else:
-            for f, img, faces in zip(chunk, images, predictor.predict_faces(images, args.batch_size), strict=True):
-                if not faces:
-                    n_no_face += 1
-                    rows.append({"file": str(f), "status": "no_face"})
-                for face in faces:
-                    x1, y1, x2, y2 = (round(v, 1) for v in face.box)
-                    rows.append({"file": str(f), "face": face.index, "box_x1": x1, "box_y1": y1, "box_x2": x2,
-                                 "box_y2": y2, "det_score": round(face.det_score, 4),
-                                 "landmarks": face.to_dict()["landmarks"], **_prediction_fields(face.prediction),
-                                 "status": "ok"})
-                n_faces += len(faces)
-                if annotate_dir:
-                    draw_faces(img, faces).save(annotate_dir / f"{Path(f).stem}_annotated.jpg", quality=92)
-        bar.update(len(files[start : start + args.batch_size]))
-    bar.close()
+    with tqdm(total=len(files), desc="predict", unit="img", disable=True if args.quiet else None,
+              dynamic_ncols=True) as bar:
+        for start in range(0, len(files), args.batch_size):
+            batch = files[start : start + args.batch_size]
+            _predict_batch(predictor, batch, args, annotate_dir, rows, errors)
+            bar.update(len(batch))
     for f, why in errors:
         log.warning("could not read %s: %s", f, why)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if out_path.suffix.lower() == ".json":
-        out_path.write_text(json.dumps([{k: v for k, v in r.items() if v is not None} for r in rows], indent=2))
-    else:
-        df = pd.DataFrame(rows, columns=PREDICT_COLUMNS)
-        df["landmarks"] = df["landmarks"].map(lambda v: json.dumps(v) if isinstance(v, list) else "")
-        df["face"] = df["face"].astype("Int64")
-        df.to_csv(out_path, index=False)
+    _write_predictions(rows, out_path)
+    n_faces = sum(r["status"] == "ok" for r in rows)
+    n_no_face = sum(r["status"] == "no_face" for r in rows)
     log.info("%d files: %d faces, %d without a face, %d errors -> %s", len(files), n_faces, n_no_face, len(errors),
              out_path)
     return EXIT_PARTIAL if errors else EXIT_OK

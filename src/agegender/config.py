@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import yaml
 
-from agegender.data import parse_split
+from agegender.cache import CACHE_MODES
 from agegender.losses import AGE_LOSSES
 from agegender.model import BACKBONES
+from agegender.sources import FACE_POLICIES, parse_split
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle")
@@ -32,14 +35,27 @@ def _coerce(key: str, value: object, kind: type) -> object:
         raise ValueError(f"option {key}: expected {kind.__name__}, got {value!r}") from None
 
 
+def option_type(name: str) -> type:
+    """The type of option ``name`` (for ``int | None`` fields: int).
+
+    >>> option_type("epochs"), option_type("image_size")
+    (<class 'int'>, <class 'int'>)
+    """
+    hint = typing.get_type_hints(TrainConfig)[name]
+    if isinstance(hint, types.UnionType):
+        return next(t for t in typing.get_args(hint) if t is not type(None))
+    return hint
+
+
 @dataclass
 class TrainConfig:
     data: str = ""
     out: str = ""
     backbone: str = "resnet18"
     pretrained: str = "imagenet"  # none | imagenet | path to a torchvision state dict
-    image_size: int = 112
-    crop_pct: float = 0.9
+    # None: the network's own value (the --init model's, else ModelConfig's default), as timm does.
+    image_size: int | None = None
+    crop_pct: float | None = None
     head_hidden: int = 256
     dropout: float = 0.2
     epochs: int = 10
@@ -88,12 +104,12 @@ class TrainConfig:
         need(self.epochs >= 1, "--epochs must be >= 1")
         need(self.batch_size >= 1, "--batch-size must be >= 1")
         need(self.lr > 0, "--lr must be > 0")
-        need(self.image_size >= 16, "--image-size must be >= 16")
-        need(0 < self.crop_pct <= 1, "crop_pct must be in (0, 1]")
+        need(self.image_size is None or self.image_size >= 16, "--image-size must be >= 16")
+        need(self.crop_pct is None or 0 < self.crop_pct <= 1, "crop_pct must be in (0, 1]")
         need(self.limit >= 0, "--limit must be >= 0")
         need(0 <= self.ema < 1, "ema must be in [0, 1)")
-        need(self.cache in ("none", "memory", "disk"), "--cache must be none, memory or disk")
-        need(self.face in ("single", "largest"), "--face must be single or largest")
+        need(self.cache in CACHE_MODES, f"--cache must be one of {', '.join(CACHE_MODES)}")
+        need(self.face in FACE_POLICIES, f"--face must be one of {', '.join(FACE_POLICIES)}")
         need(self.freeze_backbone_epochs >= 0, "--freeze-backbone-epochs must be >= 0")
         need(self.age_balance >= 0, "age_balance must be >= 0 (0 = off)")
         need(0 < self.interval_coverage < 1, "interval_coverage must be in (0, 1)")
@@ -117,8 +133,7 @@ class TrainConfig:
             raise ValueError(f"unknown config keys {unknown}; known keys: {', '.join(sorted(known))}")
         if isinstance(values.get("split"), list | tuple):
             values["split"] = ",".join(str(x) for x in values["split"])
-        types = {f.name: type(f.default) for f in fields(cls)}
-        return cls(**{k: _coerce(k, v, types[k]) for k, v in values.items()}).validate()
+        return cls(**{k: _coerce(k, v, option_type(k)) for k, v in values.items() if v is not None}).validate()
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,4 +1,4 @@
-"""UTKFace file names, folder scanning, the stratified split and the training dataset.
+"""Labelled face records: UTKFace file names, folder scanning, age buckets and the data fingerprint.
 
 UTKFace stores its labels in the file name ``AGE_GENDER_RACE_DATETIME.jpg.chip.jpg`` (gender 0 = male,
 1 = female; race 0-4 = White, Black, Asian, Indian, Others). A handful of names in the public release are
@@ -11,14 +11,9 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch.utils.data import Dataset
-
-from agegender.images import ImageReadError, open_image
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +22,6 @@ RACES = ("White", "Black", "Asian", "Indian", "Others")
 AGE_BUCKETS = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, 200))
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_AGE = 120
-SUBSETS = ("train", "val", "test")
 
 _NAME = re.compile(r"^(?P<age>\d+)_(?P<gender>\d+)_(?P<race>\d+)_(?P<datetime>\d+)\.jpg(\.chip\.jpg)?$")
 
@@ -59,6 +53,18 @@ class Record:
         return bucket, -1 if math.isnan(self.gender) else int(self.gender)
 
 
+def bucket_name(lo: int, hi: int) -> str:
+    """``"30-39"``, or ``"70+"`` for the open-ended last bucket.
+
+    >>> bucket_name(30, 39), bucket_name(70, 200)
+    ('30-39', '70+')
+    """
+    return f"{lo}+" if hi >= 200 else f"{lo}-{hi}"
+
+
+AGE_BUCKET_NAMES = tuple(bucket_name(lo, hi) for lo, hi in AGE_BUCKETS)
+
+
 def age_bucket(age: float) -> str:
     """Name of the reporting age bucket that holds ``age``.
 
@@ -66,9 +72,9 @@ def age_bucket(age: float) -> str:
     ('0-2', '0-2', '30-39', '70+', '70+')
     """
     a = int(round(float(age)))
-    for lo, hi in AGE_BUCKETS:
+    for (lo, hi), name in zip(AGE_BUCKETS, AGE_BUCKET_NAMES, strict=True):
         if lo <= a <= hi:
-            return f"{lo}+" if hi >= 200 else f"{lo}-{hi}"
+            return name
     raise ValueError(f"age {age} is outside 0-{MAX_AGE}")
 
 
@@ -181,108 +187,3 @@ def data_fingerprint(root: str | Path, records: Sequence[Record]) -> str:
     return h.hexdigest()[:16]
 
 
-def _hash01(seed: int, name: str) -> float:
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def parse_split(text: str | Sequence[float]) -> tuple[float, float, float]:
-    """``"0.8,0.1,0.1"`` -> ``(0.8, 0.1, 0.1)``; fractions must be >= 0 and sum to 1.
-
-    >>> parse_split("0.8,0,0.2")
-    (0.8, 0.0, 0.2)
-    """
-    parts = [float(x) for x in text.split(",")] if isinstance(text, str) else [float(x) for x in text]
-    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6 or parts[0] <= 0:
-        raise ValueError(f"split must be three fractions train,val,test >= 0 summing to 1, got {text!r}")
-    return parts[0], parts[1], parts[2]
-
-
-def stratified_split(
-    records: Sequence[Record], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
-) -> dict[str, str]:
-    """Assign every record to train/val/test, stratified by age bucket x gender.
-
-    Within each stratum files are ordered by a seeded hash of their base name and cut at the fractions, so
-    the split depends only on the seed and the stratum's own files: adding files to other strata, or
-    non-image files, changes nothing, and one file added to a stratum moves at most one file per boundary.
-    Returns ``{file: subset}``.
-    """
-    strata: dict[tuple[str, int], list[Record]] = {}
-    for r in records:
-        strata.setdefault(r.stratum(), []).append(r)
-    out: dict[str, str] = {}
-    for members in strata.values():
-        members = sorted(members, key=lambda r: (_hash01(seed, Path(r.file).name), r.file))
-        n = len(members)
-        n_train = round(n * fractions[0])
-        n_val = round(n * (fractions[0] + fractions[1])) - n_train
-        for i, r in enumerate(members):
-            out[r.file] = "train" if i < n_train else ("val" if i < n_train + n_val else "test")
-    return out
-
-
-def write_split(path: str | Path, split: dict[str, str]) -> None:
-    import pandas as pd
-
-    pd.DataFrame(sorted(split.items()), columns=["file", "subset"]).to_csv(path, index=False)
-
-
-def read_split(path: str | Path) -> dict[str, str]:
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read split file {path}: {e}") from e
-    if not {"file", "subset"} <= set(df.columns):
-        raise DataError(f"split file {path} needs the columns file,subset; it has {list(df.columns)}")
-    bad = sorted(set(df["subset"]) - set(SUBSETS))
-    if bad:
-        raise DataError(f"split file {path} has unknown subsets {bad}; expected {SUBSETS}")
-    return dict(zip(df["file"], df["subset"], strict=True))
-
-
-def select(records: Iterable[Record], split: dict[str, str], subset: str) -> list[Record]:
-    if subset not in SUBSETS:
-        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
-    return [r for r in records if split.get(r.file) == subset]
-
-
-class FaceDataset(Dataset):
-    """Face crops with their labels; an unreadable image yields ``None`` (dropped by :func:`collate`).
-
-    Item: ``(image tensor [3, H, W], {"age": float, "gender": float}, index)``; NaN marks an unknown label.
-    ``load`` turns a path into a PIL image (default :func:`images.open_image`; a detect-and-align loader for
-    uncropped photos) and raises :class:`images.ImageReadError` for what it cannot use.
-    """
-
-    def __init__(self, root: str | Path, records: Sequence[Record], transform: Callable,
-                 load: Callable = open_image) -> None:
-        self.root = Path(root)
-        self.records = list(records)
-        self.transform = transform
-        self.load = load
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int):
-        r = self.records[i]
-        try:
-            img = self.load(self.root / r.file)
-        except ImageReadError as e:
-            log.warning("skipping unreadable image %s: %s", r.file, e)
-            return None
-        return self.transform(img), {"age": float(r.age), "gender": float(r.gender)}, i
-
-
-def collate(items: list) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor] | None:
-    """Stack dataset items, dropping ``None`` (unreadable images); ``None`` if nothing is left."""
-    items = [it for it in items if it is not None]
-    if not items:
-        return None
-    images = torch.stack([it[0] for it in items])
-    targets = {k: torch.tensor([it[1][k] for it in items], dtype=torch.float32) for k in items[0][1]}
-    index = torch.tensor([it[2] for it in items], dtype=torch.long)
-    return images, targets, index

@@ -98,6 +98,19 @@ def train_one_epoch(
     return {k: v / max(seen, 1) for k, v in totals.items()}
 
 
+def forward_tta(model: torch.nn.Module, images: torch.Tensor, flip_tta: bool = False) -> dict[str, torch.Tensor]:
+    """``{"age", "age_sigma", "gender_logit"}``, each ``[B]`` float32, for ``images`` ``[B, 3, H, W]``; with
+    ``flip_tta`` each is the mean over the image and its mirror image (the gender logit is averaged before
+    the sigmoid)."""
+    keys = ("age", "age_sigma", "gender_logit")
+    out = model(images)
+    out = {k: out[k].float() for k in keys}
+    if flip_tta:
+        mirrored = model(torch.flip(images, dims=[3]))
+        out = {k: (out[k] + mirrored[k].float()) / 2 for k in keys}
+    return out
+
+
 @torch.inference_mode()
 def predict_batches(
     model: torch.nn.Module,
@@ -121,17 +134,11 @@ def predict_batches(
         images, _, index = batch
         images = images.to(device, non_blocking=True)
         with autocast(device, amp):
-            out = model(images)
-            age, sigma, logit = out["age"].float(), out["age_sigma"].float(), out["gender_logit"].float()
-            if flip_tta:
-                out_f = model(torch.flip(images, dims=[3]))
-                age = (age + out_f["age"].float()) / 2
-                sigma = (sigma + out_f["age_sigma"].float()) / 2
-                logit = (logit + out_f["gender_logit"].float()) / 2
+            out = forward_tta(model, images, flip_tta)
         idx.append(index.numpy())
-        ages.append(age.cpu().numpy())
-        sigmas.append(sigma.cpu().numpy())
-        probs.append(torch.sigmoid(logit).cpu().numpy())
+        ages.append(out["age"].cpu().numpy())
+        sigmas.append(out["age_sigma"].cpu().numpy())
+        probs.append(torch.sigmoid(out["gender_logit"]).cpu().numpy())
     if not idx:
         return {"index": np.zeros(0, int), "age": np.zeros(0), "age_sigma": np.zeros(0), "p_female": np.zeros(0)}
     return {"index": np.concatenate(idx), "age": np.concatenate(ages), "age_sigma": np.concatenate(sigmas),

@@ -21,6 +21,9 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import nms
 
+from agegender.images import ImageReadError, as_rgb_array, open_image
+from agegender.sources import FACE_POLICIES
+
 logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights" / "mtcnn"
@@ -242,7 +245,7 @@ class FaceDetector:
     def detect(self, image: Image.Image | np.ndarray) -> list[Face]:
         """Faces in ``image`` (an RGB or greyscale PIL image, or an (H, W, 3) or (H, W) uint8 array), best score
         first; an empty list when there is none."""
-        pixels = _as_rgb_array(image)
+        pixels = as_rgb_array(image)
         h, w = pixels.shape[:2]
         sx = sy = 1.0
         if self.max_side is not None and max(h, w) > self.max_side:
@@ -326,25 +329,6 @@ class FaceDetector:
         return _square(torch.cat([boxes[:, :4] + boxes[:, 5:9] * wh, boxes[:, 4:5]], dim=1))
 
 
-def _as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 array from an RGB/greyscale PIL image or an (H, W[, 3]) uint8 array."""
-    if isinstance(image, Image.Image):
-        array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-    elif isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ValueError(f"image array must be uint8, got {image.dtype}")
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image array must have shape (H, W, 3) or (H, W), got {image.shape}")
-        array = image
-    else:
-        raise ValueError(f"image must be a PIL image or a numpy array, got {type(image).__name__}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"image is empty ({array.shape[1]}x{array.shape[0]})")
-    return np.ascontiguousarray(array)
-
-
 # --------------------------------------------------------------------------- alignment
 
 
@@ -387,7 +371,7 @@ def align(
     # Scaled about pixel edges, not centres (which sit at integers), so that a larger size is exactly a resize.
     matrix = similarity_transform(points, (template + 0.5) * (size / UTKFACE_SIZE) - 0.5)
     warped = cv2.warpAffine(
-        _as_rgb_array(image), matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        as_rgb_array(image), matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     return Image.fromarray(warped)
 
@@ -420,8 +404,8 @@ class AlignedFaceLoader:
     """
 
     def __init__(self, policy: str = "single", min_face_size: int = 20) -> None:
-        if policy not in ("single", "largest"):
-            raise ValueError(f"face policy must be single or largest, got {policy!r}")
+        if policy not in FACE_POLICIES:
+            raise ValueError(f"face policy must be one of {', '.join(FACE_POLICIES)}, got {policy!r}")
         self.policy, self.min_face_size = policy, min_face_size
         self.cache_key = f"_aligned-{policy}-{min_face_size}"
         self._detector: FaceDetector | None = None
@@ -430,8 +414,6 @@ class AlignedFaceLoader:
         return {**self.__dict__, "_detector": None}
 
     def __call__(self, path: str | Path) -> Image.Image:
-        from agegender.images import ImageReadError, open_image
-
         image = open_image(path)
         if self._detector is None:
             self._detector = FaceDetector(min_face_size=self.min_face_size)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from agegender.data import AGE_BUCKETS, GENDERS, RACES, age_bucket
+from agegender.data import AGE_BUCKET_NAMES, GENDERS, RACES, age_bucket
 
 
 def age_mae(pred: np.ndarray, true: np.ndarray) -> float:
@@ -96,8 +96,7 @@ def report(df: pd.DataFrame) -> dict:
     out = fig(df)
     groups: dict[str, dict] = {"age": {}, "gender": {}, "race": {}}
     buckets = df["age_true"].map(lambda a: age_bucket(a) if not pd.isna(a) else None)
-    for lo, hi in AGE_BUCKETS:
-        name = f"{lo}+" if hi >= 200 else f"{lo}-{hi}"
+    for name in AGE_BUCKET_NAMES:
         part = df[buckets == name]
         if len(part):
             groups["age"][name] = fig(part)

@@ -19,7 +19,7 @@ import torch
 import torchvision
 from torch import nn
 
-from agegender.transforms import PresetConfig
+from agegender.transforms import IMAGENET_MEAN, IMAGENET_STD, PresetConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ class ModelConfig:
     max_age: int = 100
     image_size: int = 112
     crop_pct: float = 0.9
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     # The age head predicts (age - age_mean) / age_std; the network returns years as well.
     age_mean: float = 33.0
     age_std: float = 20.0
@@ -187,6 +187,18 @@ def map_age(age: torch.Tensor, knots_x: torch.Tensor, knots_y: torch.Tensor) -> 
     return knots_y[0] + (age - knots_x[0]) + ((slope - 1) * inside).sum(-1)
 
 
+def apply_age_map(age: torch.Tensor, sigma: torch.Tensor, knots_x: torch.Tensor,
+                  knots_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mapped age, mapped spread)``: the spread goes through the same map (half the distance between the
+    images of ``age ± sigma``), so ages the map stretches get wider spreads.
+
+    >>> apply_age_map(torch.tensor([5.0]), torch.tensor([1.0]), torch.tensor([0.0, 10.0]), torch.tensor([0.0, 20.0]))
+    (tensor([10.]), tensor([2.]))
+    """
+    hi, lo = map_age(age + sigma, knots_x, knots_y), map_age(age - sigma, knots_x, knots_y)
+    return map_age(age, knots_x, knots_y), ((hi - lo) / 2).clamp_min(1e-6)
+
+
 def _head(in_features: int, hidden: int, dropout: float, out: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, out)
@@ -219,11 +231,8 @@ class AgeGenderNet(nn.Module):
     def _mapped(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.config.age_map is None:
             return out
-        age, sigma = out["age"], out["age_sigma"]
-        # The spread goes through the same map (a symmetric difference), so stretched ages get wider spreads.
-        hi = map_age(age + sigma, self.age_map_x, self.age_map_y)
-        lo = map_age(age - sigma, self.age_map_x, self.age_map_y)
-        return out | {"age": map_age(age, self.age_map_x, self.age_map_y), "age_sigma": ((hi - lo) / 2).clamp_min(1e-6)}
+        age, sigma = apply_age_map(out["age"], out["age_sigma"], self.age_map_x, self.age_map_y)
+        return out | {"age": age, "age_sigma": sigma}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``x``: ``[B, 3, H, W]`` normalised images -> dict of named outputs (see the module docstring)."""

@@ -8,21 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from agegender.checkpoint import load_model
+from agegender.checkpoint import load_model, resolve_model_path
 from agegender.data import GENDERS
-from agegender.engine import resolve_device
-from agegender.images import open_image
+from agegender.engine import forward_tta, resolve_device
+from agegender.images import ImageInput, as_pil
 from agegender.metrics import age_interval
 from agegender.model import AgeGenderNet
 from agegender.transforms import eval_preset
-
-ImageInput = Image.Image | str | Path | bytes | np.ndarray
-
-# The model that ships inside the package (see MODEL_CARD.md); used wherever no checkpoint is named.
-BUNDLED_MODEL = Path(__file__).with_name("default_model.pt")
-
 
 RUNTIMES = ("torch", "onnx")
 
@@ -39,17 +32,6 @@ def _exported(checkpoint: Path) -> Path:
     if not out.exists():
         export_checkpoint(checkpoint, out)
     return out
-
-
-def resolve_model_path(path: str | Path | None) -> Path:
-    """``path``, or the bundled model when ``path`` is None."""
-    if path is not None:
-        return Path(path)
-    if not BUNDLED_MODEL.is_file():
-        from agegender.checkpoint import CheckpointError
-
-        raise CheckpointError(f"this installation has no bundled model ({BUNDLED_MODEL}); pass --model CKPT")
-    return BUNDLED_MODEL
 
 
 @dataclass(frozen=True)
@@ -82,21 +64,10 @@ class FacePrediction:
                 "landmarks": [[round(x, 1), round(y, 1)] for x, y in self.landmarks], **self.prediction.to_dict()}
 
 
-def _as_pil(x: ImageInput) -> Image.Image:
-    if isinstance(x, Image.Image):
-        return x.convert("RGB") if x.mode != "RGB" else x
-    if isinstance(x, np.ndarray):
-        if x.ndim == 2:
-            x = np.stack([x] * 3, axis=-1)
-        if x.ndim != 3 or x.shape[2] not in (3, 4) or x.dtype != np.uint8:
-            raise ValueError(f"expected an HxWx3 uint8 RGB array, got shape {x.shape} dtype {x.dtype}")
-        return Image.fromarray(np.ascontiguousarray(x[..., :3]))
-    return open_image(x)
-
-
 class Predictor:
     """Age and gender for face crops framed like UTKFace's aligned crops.
 
+    >>> from PIL import Image
     >>> from agegender.model import ModelConfig
     >>> p = Predictor(AgeGenderNet(ModelConfig(image_size=32)))
     >>> [type(r).__name__ for r in p.predict([Image.new("RGB", (50, 40))])]
@@ -156,19 +127,14 @@ class Predictor:
 
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Images -> normalised batch ``[N, 3, S, S]``."""
-        return torch.stack([self.transform(_as_pil(im)) for im in images])
+        return torch.stack([self.transform(as_pil(im)) for im in images])
 
     @torch.inference_mode()
     def predict_tensor(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         """``[N, 3, S, S]`` normalised batch -> ``{"age", "age_sigma", "p_female"}``, each ``[N]``."""
-        x = batch.to(self.device)
-        out = self.model(x)
-        age, sigma, logit = out["age"], out["age_sigma"], out["gender_logit"]
-        if self.flip_tta:
-            f = self.model(torch.flip(x, dims=[3]))
-            age, sigma, logit = (age + f["age"]) / 2, (sigma + f["age_sigma"]) / 2, (logit + f["gender_logit"]) / 2
-        return {"age": age.float().cpu().numpy(), "age_sigma": sigma.float().cpu().numpy(),
-                "p_female": torch.sigmoid(logit).float().cpu().numpy()}
+        out = forward_tta(self.model, batch.to(self.device), self.flip_tta)
+        return {"age": out["age"].cpu().numpy(), "age_sigma": out["age_sigma"].cpu().numpy(),
+                "p_female": torch.sigmoid(out["gender_logit"]).cpu().numpy()}
 
     def predict_faces(self, images: Sequence[ImageInput], batch_size: int = 64) -> list[list[FacePrediction]]:
         """Detect every face in each photo, align it to UTKFace's framing, and predict; one list per photo
@@ -177,7 +143,7 @@ class Predictor:
 
         found, crops = [], []
         for image in images:
-            pil = _as_pil(image)
+            pil = as_pil(image)
             faces = self.detector.detect(pil)
             found.append(faces)
             crops.extend(align(pil, f.landmarks, UTKFACE_SIZE) for f in faces)

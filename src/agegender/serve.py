@@ -10,30 +10,32 @@ Status codes of ``POST /v1/predict`` (every error body is ``{"error": code, "det
 than multipart/form-data, image/* or application/octet-stream; 422 an image over ``max_pixels`` (a decompression
 bomb) or a corrupt image of a known format; 503 queue full (with ``Retry-After``); 504 not done in ``timeout_s``.
 
-FastAPI and its helpers are imported inside the functions that need them, so the CLI works without the extras.
+This module is the web layer only (it needs the ``serve`` extras); ``agegender serve`` in :mod:`agegender.cli`
+loads the model and runs it with uvicorn.
 """
 
-import argparse
 import asyncio
 import io
 import logging
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from agegender.images import MAX_PIXELS, ImageReadError, open_image
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
-
-    from agegender.predictor import Predictor
+from agegender.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def model_card(predictor: "Predictor", model_id: str) -> dict:
+def model_card(predictor: Predictor, model_id: str) -> dict:
     """What ``GET /v1/model`` answers: architecture, calibration, labels and the training facts on record."""
     info = predictor.checkpoint_info
     cfg = predictor.model.config
@@ -139,19 +141,14 @@ def _probe_and_decode(data: bytes, max_pixels: int) -> Image.Image:
         raise ApiError(422, "corrupt_image", f"The {fmt} image cannot be decoded: {e}") from None
 
 
-def _predict_job(predictor: "Predictor", data: bytes, max_pixels: int) -> dict:
+def _predict_job(predictor: Predictor, data: bytes, max_pixels: int) -> dict:
     """The CPU-bound part of a request, run in a worker thread."""
     t0 = time.perf_counter()
     image = _probe_and_decode(data, max_pixels)
     t1 = time.perf_counter()
     faces = predictor.predict_faces([image])[0]
     t2 = time.perf_counter()
-    out = []
-    for face in faces:
-        d = face.to_dict()
-        out.append({k: d[k] for k in ("face", "box", "landmarks", "det_score", "age", "age_low", "age_high",
-                                      "gender", "p_female")})
-    return {"faces": out, "width": image.width, "height": image.height,
+    return {"faces": [face.to_dict() for face in faces], "width": image.width, "height": image.height,
             "timing_ms": {"decode": 1000 * (t1 - t0), "detect_predict": 1000 * (t2 - t1)}}
 
 
@@ -199,22 +196,133 @@ PREDICT_BODY = {"required": True, "content": {
 }}
 
 
-def create_app(predictor: "Predictor", max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = MAX_PIXELS,
+def media_type(content_type: str) -> str:
+    """The media type of a request's Content-Type, if this service accepts it; else a 415 :class:`ApiError`.
+
+    >>> media_type("Multipart/Form-Data; boundary=XyZ"), media_type("image/jpeg")
+    ('multipart/form-data', 'image/jpeg')
+    """
+    media = content_type.split(";")[0].strip().lower()  # the boundary parameter is case-sensitive: not lowered
+    if media == "multipart/form-data" or media.startswith("image/") or media == "application/octet-stream":
+        return media
+    raise ApiError(415, "unsupported_media_type", f"Content-Type {media} is not accepted: send multipart/form-data "
+                   "with field 'file', or the image with Content-Type image/* or application/octet-stream.")
+
+
+async def read_body(request: Request, limit: int, max_upload_bytes: int) -> bytes:
+    """The request body, at most ``limit`` bytes (413 beyond), counted as it arrives: a chunked or lying client
+    is cut off too."""
+    too_large = ApiError(413, "upload_too_large", f"The upload exceeds the limit of {max_upload_bytes:,} bytes.")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "bad_content_length", "The Content-Length header is not a number.")
+        if int(declared) > limit:
+            raise too_large
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "The client went away during the upload.") from None
+    return bytes(body)
+
+
+async def read_image_upload(request: Request, media: str, max_upload_bytes: int) -> bytes:
+    """The uploaded file: multipart field ``file`` (``media`` multipart/form-data), or the raw body."""
+    content_type = request.headers.get("content-type", "application/octet-stream")
+    multipart = media == "multipart/form-data"
+    body = await read_body(request, max_upload_bytes + (MULTIPART_OVERHEAD if multipart else 0), max_upload_bytes)
+    data = _multipart_file(body, content_type) if multipart else body
+    if len(data) > max_upload_bytes:
+        raise ApiError(413, "upload_too_large", f"The file exceeds the limit of {max_upload_bytes:,} bytes.")
+    return data
+
+
+def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+async def _api_error(_request: Request, e: ApiError) -> JSONResponse:
+    log.info("%d %s: %s", e.status, e.code, e.detail)
+    return _error(e.status, e.code, e.detail, e.headers)
+
+
+async def _http_error(request: Request, e: HTTPException) -> JSONResponse:
+    codes = {404: ("not_found", f"There is nothing at {request.url.path}."),
+             405: ("method_not_allowed", f"{request.method} is not allowed on {request.url.path}.")}
+    code, detail = codes.get(e.status_code, (f"http_{e.status_code}", str(e.detail)))
+    return _error(e.status_code, code, detail, getattr(e, "headers", None))
+
+
+async def _validation_error(_request: Request, e: RequestValidationError) -> JSONResponse:
+    return _error(422, "validation_error", f"The request is invalid: {e.errors()}")
+
+
+async def _internal_error(_request: Request, e: Exception) -> JSONResponse:
+    log.exception("internal error")
+    return _error(500, "internal_error", f"The server failed: {type(e).__name__}.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error answers ``{"error": code, "detail": sentence}``."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+
+
+router = APIRouter()
+
+
+@router.post("/v1/predict", summary="Faces with age and gender", openapi_extra={"requestBody": PREDICT_BODY})
+async def predict(request: Request) -> dict:
+    """A photo as multipart field `file`, or as the raw body (Content-Type image/* or
+    application/octet-stream)."""
+    start = time.perf_counter()
+    state = request.app.state
+    limits = state.limits
+    media = media_type(request.headers.get("content-type", "application/octet-stream"))  # 415 before reading
+    try:
+        async with asyncio.timeout(limits["timeout_s"]):
+            data = await read_image_upload(request, media, limits["max_upload_bytes"])
+            try:
+                future = state.jobs.submit(_predict_job, state.predictor, data, limits["max_pixels"])
+            except QueueFull:
+                raise ApiError(503, "busy", "The server is busy; retry shortly.",
+                               {"Retry-After": str(RETRY_AFTER_S)}) from None
+            result = await asyncio.wrap_future(future)  # a timeout cancels the job if it has not started
+    except TimeoutError:
+        raise ApiError(504, "timeout", f"The request took longer than {limits['timeout_s']:g} s.") from None
+    result["timing_ms"]["total"] = 1000 * (time.perf_counter() - start)
+    result["timing_ms"] = {k: round(v, 1) for k, v in result["timing_ms"].items()}
+    return {"model": state.model_id, **result}
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/v1/model", summary="Model card")
+async def model(request: Request) -> dict:
+    state = request.app.state
+    return {**model_card(state.predictor, state.model_id), "limits": state.limits}
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html")
+
+
+def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = MAX_PIXELS,
                timeout_s: float = 30.0, max_queue: int = 8, workers: int = 1, model_name: str | None = None
-               ) -> "FastAPI":
+               ) -> FastAPI:
     """The web app around a loaded ``predictor``; ``model_name`` (e.g. the checkpoint's file name) goes into the
     model id reported with every answer. ``app.state.jobs`` is the :class:`JobQueue` that runs the predictions."""
-    from contextlib import asynccontextmanager
-
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse
-    from fastapi.staticfiles import StaticFiles
-    from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
-
     cfg = predictor.model.config
-    model_id = f"{cfg.backbone}-{cfg.image_size}px" + (f":{model_name}" if model_name else "")
     predictor.detector  # noqa: B018 - load the face detector now, once, not in the first request
     jobs = JobQueue(workers, max_queue)
 
@@ -226,149 +334,11 @@ def create_app(predictor: "Predictor", max_upload_bytes: int = 10 * 1024 * 1024,
     app = FastAPI(title="agegender", version="1", lifespan=lifespan,
                   description="Age and gender of the faces in a photo. Errors are "
                   '`{"error": code, "detail": sentence}`.')
-    app.state.jobs = jobs
+    app.state.predictor, app.state.jobs = predictor, jobs
+    app.state.model_id = f"{cfg.backbone}-{cfg.image_size}px" + (f":{model_name}" if model_name else "")
     app.state.limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "timeout_s": timeout_s,
                         "workers": workers, "max_queue": max_queue}
-
-    def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
-
-    @app.exception_handler(ApiError)
-    async def api_error(_request: Request, e: ApiError) -> JSONResponse:
-        log.info("%d %s: %s", e.status, e.code, e.detail)
-        return error(e.status, e.code, e.detail, e.headers)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
-        codes = {404: ("not_found", f"There is nothing at {request.url.path}."),
-                 405: ("method_not_allowed", f"{request.method} is not allowed on {request.url.path}.")}
-        code, detail = codes.get(e.status_code, (f"http_{e.status_code}", str(e.detail)))
-        return error(e.status_code, code, detail, getattr(e, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, e: RequestValidationError) -> JSONResponse:
-        return error(422, "validation_error", f"The request is invalid: {e.errors()}")
-
-    @app.exception_handler(Exception)
-    async def internal_error(_request: Request, e: Exception) -> JSONResponse:
-        log.exception("internal error")
-        return error(500, "internal_error", f"The server failed: {type(e).__name__}.")
-
-    async def read_body(request: Request, limit: int) -> bytes:
-        too_large = ApiError(413, "upload_too_large", f"The upload exceeds the limit of {max_upload_bytes:,} bytes.")
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise ApiError(400, "bad_content_length", "The Content-Length header is not a number.")
-            if int(declared) > limit:
-                raise too_large
-        body = bytearray()
-        try:
-            async for chunk in request.stream():  # counted as it arrives: a chunked or lying client is cut off too
-                body.extend(chunk)
-                if len(body) > limit:
-                    raise too_large
-        except ClientDisconnect:
-            raise ApiError(400, "client_disconnected", "The client went away during the upload.") from None
-        return bytes(body)
-
-    @app.post("/v1/predict", summary="Faces with age and gender", openapi_extra={"requestBody": PREDICT_BODY})
-    async def predict(request: Request) -> dict:
-        """A photo as multipart field `file`, or as the raw body (Content-Type image/* or
-        application/octet-stream)."""
-        start = time.perf_counter()
-        content_type = request.headers.get("content-type", "application/octet-stream")
-        media_type = content_type.split(";")[0].strip().lower()  # the boundary parameter is case-sensitive
-        multipart = media_type == "multipart/form-data"
-        if not (multipart or media_type.startswith("image/") or media_type == "application/octet-stream"):
-            raise ApiError(415, "unsupported_media_type", f"Content-Type {media_type} is not accepted: send "
-                           "multipart/form-data with field 'file', or the image with Content-Type image/* or "
-                           "application/octet-stream.")
-        try:
-            async with asyncio.timeout(timeout_s):
-                body = await read_body(request, max_upload_bytes + (MULTIPART_OVERHEAD if multipart else 0))
-                data = _multipart_file(body, content_type) if multipart else body
-                if len(data) > max_upload_bytes:
-                    raise ApiError(413, "upload_too_large", f"The file exceeds the limit of {max_upload_bytes:,} "
-                                   "bytes.")
-                try:
-                    future = jobs.submit(_predict_job, predictor, data, max_pixels)
-                except QueueFull:
-                    raise ApiError(503, "busy", "The server is busy; retry shortly.",
-                                   {"Retry-After": str(RETRY_AFTER_S)}) from None
-                result = await asyncio.wrap_future(future)  # a timeout cancels the job if it has not started
-        except TimeoutError:
-            raise ApiError(504, "timeout", f"The request took longer than {timeout_s:g} s.") from None
-        result["timing_ms"]["total"] = 1000 * (time.perf_counter() - start)
-        result["timing_ms"] = {k: round(v, 1) for k, v in result["timing_ms"].items()}
-        return {"model": model_id, **result}
-
-    @app.get("/healthz", summary="Liveness")
-    async def healthz() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/v1/model", summary="Model card")
-    async def model() -> dict:
-        return {**model_card(predictor, model_id), "limits": app.state.limits}
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html")
-
+    install_error_handlers(app)
+    app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
-
-
-def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The ``serve`` subcommand (needs the ``serve`` extras at run time, not to build the parser)."""
-    from agegender.cli import _add_common
-
-    p = subparsers.add_parser("serve", help="run the web service and page",
-                              description="Serve POST /v1/predict, GET /v1/model and a web page at / over HTTP.")
-    p.add_argument("--model", help="checkpoint (default: the bundled model)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="prediction threads (default 1)")
-    p.add_argument("--max-queue", type=int, default=8, help="requests that may wait for a thread (default 8)")
-    p.add_argument("--max-upload-mb", type=float, default=10, help="largest upload in MiB (default 10)")
-    p.add_argument("--timeout", type=float, default=30, help="seconds before a request fails with 504 (default 30)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
-    _add_common(p)
-    return p
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
-    except ImportError:
-        log.error("agegender serve needs the serve extras: pip install 'agegender[serve]'")
-        return 2
-    from agegender.predictor import Predictor, resolve_model_path
-
-    path = resolve_model_path(args.model)
-    predictor = Predictor.from_checkpoint(path, device=args.device)
-    app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout_s=args.timeout,
-                     max_queue=args.max_queue, workers=args.workers, model_name=path.name)
-    log.info("model %s (%s); http://%s:%d/", path, predictor.model.config.backbone, args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None,
-                log_level="warning" if getattr(args, "quiet", False) else "info")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m agegender.serve [OPTIONS]``: the same as ``agegender serve [OPTIONS]``."""
-    from agegender.cli import _setup_logging
-
-    parser = argparse.ArgumentParser(prog="python -m agegender")
-    add_serve_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    _setup_logging(-1 if args.quiet else args.verbose)
-    try:
-        return cmd_serve(args)
-    except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
-        log.error("%s", e)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -19,8 +19,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class PresetConfig:
     """Input geometry and normalisation. ``crop_pct`` is the share of the resized image kept by the crop."""
 
-    image_size: int = 112
-    crop_pct: float = 0.9
+    image_size: int
+    crop_pct: float
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 

@@ -1,0 +1,128 @@
+"""Evaluation: a predictor run over labelled records, scored overall and by group, and written as a report.
+
+Used by ``agegender evaluate``, the benchmarks and training's validation, so that every figure of the project
+comes from the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from agegender.data import DataError, Record
+from agegender.metrics import (
+    age_group_scores,
+    age_interval,
+    expected_calibration_error,
+    interval_coverage,
+    report,
+)
+
+if TYPE_CHECKING:
+    from agegender.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+
+def predictions_frame(out: dict[str, np.ndarray], records: Sequence[Record],
+                      interval_scale: float | None = None) -> pd.DataFrame:
+    """One row per prediction: the output of :func:`engine.predict_batches` (``index`` into ``records``, ``age``,
+    ``age_sigma``, ``p_female``, each ``[N]``) beside the records' labels; ``age_low``/``age_high`` when an
+    interval ``scale`` is given.
+
+    >>> recs = [Record("a.jpg", 30.0, 1.0, 2), Record("b.jpg", float("nan"), 0.0)]
+    >>> out = {"index": np.array([1, 0]), "age": np.array([20.0, 33.0]), "age_sigma": np.array([2.0, 1.0]),
+    ...        "p_female": np.array([0.2, 0.9])}
+    >>> predictions_frame(out, recs, 1.5)[["file", "age_true", "age_pred", "age_low", "age_high"]].values.tolist()
+    [['b.jpg', nan, 20.0, 17.0, 23.0], ['a.jpg', 30.0, 33.0, 31.5, 34.5]]
+    """
+    recs = [records[i] for i in out["index"]]
+    df = pd.DataFrame({
+        "file": [r.file for r in recs], "age_true": [r.age for r in recs], "gender_true": [r.gender for r in recs],
+        "race": [r.race for r in recs], "age_pred": np.round(out["age"], 3), "p_female": np.round(out["p_female"], 5),
+        "age_group_true": [f"{g[0]}-{g[1]}" if g else "" for g in (r.age_group for r in recs)],
+    })
+    if interval_scale is not None:
+        low, high = age_interval(out["age"], out["age_sigma"], interval_scale)
+        df["age_low"], df["age_high"] = low.round(3), high.round(3)
+    return df
+
+
+def score(df: pd.DataFrame, records: Sequence[Record], target_coverage: float | None = None) -> dict:
+    """Every figure the labels of ``df`` (from :func:`predictions_frame`) allow: :func:`metrics.report`, the
+    gender calibration error, age-group accuracy (``records``, in ``df``'s order, carry the groups) and the
+    age interval's coverage."""
+    rep = report(df)
+    known_gender = df["gender_true"].notna()
+    if known_gender.any():
+        rep["gender_ece"] = expected_calibration_error(df["p_female"][known_gender], df["gender_true"][known_gender])
+    rep |= age_group_scores(df["age_pred"].to_numpy(), [r.age_group for r in records])
+    known_age = df["age_true"].notna()
+    if "age_low" in df and known_age.any():
+        k = df[known_age]
+        rep["age_interval"] = {
+            "target_coverage": target_coverage,
+            "coverage": interval_coverage(k["age_low"], k["age_high"], k["age_true"]),
+            "mean_width": float((df["age_high"] - df["age_low"]).mean()),
+        }
+    return rep
+
+
+def evaluate(predictor: Predictor, root: str | Path, records: Sequence[Record], *, detect: bool = False,
+             face: str = "single", batch_size: int = 128, workers: int = -1,
+             progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Predict every record under ``root`` (face crops, or with ``detect`` photos detected and aligned first)
+    and score the predictions: ``(predictions frame, report)``. Unreadable images and photos without a usable
+    face are skipped and counted in ``report["meta"]``."""
+    from agegender.datasets import FaceDataset, default_workers, make_loader
+    from agegender.engine import predict_batches
+    from agegender.sources import image_loader
+
+    dataset = FaceDataset(root, records, predictor.transform, image_loader(detect, face))
+    loader = make_loader(dataset, batch_size, False, default_workers(workers), predictor.device)
+    out = predict_batches(predictor.model, loader, predictor.device, flip_tta=predictor.flip_tta,
+                          progress=progress, desc="evaluate")
+    df = predictions_frame(out, records, predictor.interval_scale)
+    if df.empty:
+        raise DataError(f"none of the {len(records)} images under {root} could be read")
+    rep = score(df, [records[i] for i in out["index"]], predictor.interval_coverage)
+    rep["meta"] = {"tta": predictor.flip_tta, "age_map": predictor.model.config.age_map is not None,
+                   "skipped_unreadable_or_no_face": len(records) - len(df)}
+    return df, rep
+
+
+def write_report(df: pd.DataFrame, rep: dict, out: str | Path, predictions: str | Path | None = None,
+                 title: str = "") -> Path:
+    """``out`` (REPORT.json), the predictions CSV (default ``<out stem>_preds.csv`` beside it) and, where there
+    are ages, a scatter plot and the error by age bucket. Returns the predictions path."""
+    from agegender.checkpoint import atomic_write
+    from agegender.plots import age_scatter, mae_by_bucket
+
+    out = Path(out)
+    preds_path = Path(predictions) if predictions else out.with_name(out.stem + "_preds.csv")
+    atomic_write(preds_path, lambda f: f.write(df.to_csv(index=False).encode()))
+    atomic_write(out, lambda f: f.write(json.dumps(rep, indent=2).encode()))
+    known_age = df["age_true"].notna()
+    if "age_mae" in rep:
+        age_scatter(df[known_age], out.with_name(out.stem + "_age_scatter.png"),
+                    f"{title}: MAE {rep['age_mae']:.2f} y, n={int(known_age.sum())}")
+        mae_by_bucket(rep, out.with_name(out.stem + "_mae_by_age.png"))
+    return preds_path
+
+
+def headline(rep: dict) -> str:
+    """The report's main figures on one line, those the labels allowed.
+
+    >>> headline({"n": 3, "age_mae": 4.5, "gender_accuracy": 0.9})
+    'n=3  age MAE 4.500  gender acc 0.900'
+    """
+    figures = {"age MAE": rep.get("age_mae"), "CS@5 %": rep.get("cs5"), "gender acc": rep.get("gender_accuracy"),
+               "gender MAE": rep.get("gender_mae"), "gender AUC": rep.get("gender_auc"),
+               "age-group acc": rep.get("age_group_accuracy"), "one-off": rep.get("age_group_one_off")}
+    return f"n={rep['n']}  " + "  ".join(f"{k} {v:.3f}" for k, v in figures.items() if v is not None)
