@@ -65,12 +65,3 @@ def gather_predictions(out: dict[str, np.ndarray], info: DistInfo) -> dict[str, 
         out = {k: np.concatenate([p[k] for p in parts]) for k in out}
     _, first = np.unique(out["index"], return_index=True)
     return {k: v[first] for k, v in out.items()}
-
-
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """Rank 0's value of ``flag`` on every rank (so that all ranks take the same branch)."""
-    if not info.enabled:
-        return flag
-    box = [flag]
-    dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
