@@ -38,48 +38,12 @@ from agegender.data import AGE_BUCKET_NAMES, DataError, Record, age_bucket
 from agegender.evaluate import evaluate
 from agegender.metrics import summarize
 from agegender.predictor import Predictor
-from agegender.sources import limit_records, parse_split, scan, select, split_from_checkpoint, stratified_split
+from agegender.sources import folder_split, limit_records, select, split_from_checkpoint
 
 TOOLS = {"ours": "agegender", "faceapi": "face-api.js"}
 PEER_SOURCE = "../shared/peers/faceapi"  # the read-only copy shipped beside the data sets
-AAF_SPLIT, AAF_SEED = "0.8,0.1,0.1", 0  # AAF's split when the model was not trained on it
 TITLES = {"utkface": "UTKFace test crops", "aaf": "AAF test photos, each tool's own detector (faces found by both)"}
 FACE_POLICY = "largest"  # a loose crop may show part of a second face: take the largest, as our photos path does
-
-
-def same_folder(a: str | Path, b: str | Path) -> bool:
-    """Whether two data paths name the same folder: equal once resolved, or (a training config's relative
-    path was resolved from another working directory) ending in the same two path components.
-
-    >>> same_folder("/x/shared/datasets/aaf/images", "../other/datasets/aaf/images/")
-    True
-    >>> same_folder("/x/datasets/aaf/images", "/x/datasets/utkface")
-    False
-    """
-    pa, pb = Path(a).resolve(), Path(b).resolve()
-    return pa == pb or pa.parts[-2:] == pb.parts[-2:]
-
-
-def folder_split(ckpt: dict, root: str | Path, labels: str = "") -> tuple[list[Record], dict[str, str], str]:
-    """The split of a labelled folder the model may or may not have been trained on:
-    ``(records, {file: subset}, how it was chosen)``.
-
-    If the checkpoint's training config names ``root`` (its ``data``, or an entry of the multi-source list
-    ``sources`` = ``[{data, labels, detect, face}, ...]``), the folder is split as training split it: the
-    config's ``split`` fractions and ``seed`` (and its image ``limit``, as :func:`sources.split_from_checkpoint`
-    does). Otherwise it was never trained on, and gets its own seeded split 0.8,0.1,0.1 with seed 0. The
-    records come from ``labels`` as given here: a config's labels path may be relative to another directory.
-    """
-    records = scan(root, labels).records
-    cfg = ckpt.get("training", {}).get("config", {})
-    sources = cfg.get("sources") or ([{"data": cfg["data"]}] if cfg.get("data") else [])
-    source = next((s for s in sources if s.get("data") and same_folder(s["data"], root)), None)
-    if source is None:
-        split = stratified_split(records, parse_split(AAF_SPLIT), AAF_SEED)
-        return records, split, f"not in the model's training data: own split {AAF_SPLIT}, seed {AAF_SEED}"
-    records = limit_records(records, cfg.get("limit", 0), cfg["seed"])
-    split = stratified_split(records, parse_split(cfg["split"]), cfg["seed"])
-    return records, split, f"split as in the model's training ({source['data']}: {cfg['split']}, seed {cfg['seed']})"
 
 
 @dataclass

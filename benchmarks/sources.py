@@ -2,12 +2,13 @@
 
     python benchmarks/sources.py --utk UTKFACE_DIR --aaf AAF_DIR [--model CKPT] [--subset val] [--out runs/sources]
 
-Each source's split is recreated from the checkpoint (its fractions and seed; a source the model was not trained
-on is split the same way, so every model is scored on the same images). UTKFace crops are read as they are; AAF
-photos (``AAF_DIR`` holds images/ and labels.csv) are detected and aligned first (largest face, faces >= 60 px).
-"Degraded" scores the fixed damaged copy of each face (greyscale, a third of the size, blurred, JPEG quality 30;
-agegender.transforms.degrade_fixed). Prints, per source, the headline figures and the mean signed error of each
-age group, and the largest |bias| over the groups with at least 50 images.
+Each source's split is recreated from the checkpoint (agegender.sources.folder_split: as training split it, or for
+a folder the model never trained on its own seeded split 0.8,0.1,0.1, so every model is scored on the same
+images). UTKFace crops are read as they are; AAF photos (AAF_DIR holds images/ and labels.csv) are detected and
+aligned first (largest face, faces >= 60 px). "Degraded" scores the fixed damaged copy of each face (greyscale,
+a third of the size, blurred, JPEG quality 30; agegender.transforms.degrade_fixed). Prints, per source, the
+headline figures and the mean signed error of each age group, and the largest |bias| over the groups with at
+least 50 images.
 """
 
 from __future__ import annotations
@@ -22,16 +23,9 @@ from pathlib import Path
 from agegender.checkpoint import load_checkpoint, resolve_model_path
 from agegender.evaluate import evaluate, write_report
 from agegender.predictor import Predictor
-from agegender.sources import Source, limit_records, parse_split, scan, select, stratified_split
+from agegender.sources import Source, folder_split, select
 
 MIN_GROUP = 50  # groups smaller than this are shown but not counted in the largest bias
-
-
-def subset_records(ckpt: dict, source: Source, subset: str) -> list:
-    """``subset`` of ``source`` as the model's training split it (seeded, stratified, same fractions)."""
-    cfg = ckpt["training"]["config"]
-    records = limit_records(scan(source.data, source.labels).records, cfg["limit"], cfg["seed"])
-    return select(records, stratified_split(records, parse_split(cfg["split"]), cfg["seed"]), subset)
 
 
 def figures(rep: dict) -> dict:
@@ -63,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     results = {}
     for source in sources:
-        records = subset_records(ckpt, source, args.subset)
+        records, split, _ = folder_split(ckpt, source.data, source.labels)
+        records = select(records, split, args.subset)
         for degraded in (False, True):
             df, rep = evaluate(predictor, source.data, records, detect=source.detect, face=source.face,
                                min_face=source.min_face, degrade=degraded, progress=False)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from agegender.data import Record
-from agegender.sources import scan, stratified_split
+from agegender.sources import folder_split, same_folder, scan, stratified_split
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
 
@@ -89,7 +89,7 @@ def test_a_folder_the_model_never_saw_gets_its_own_split(peers, aaf) -> None:
     images, labels = aaf
     ckpt = {"training": {"config": {"data": "../shared/datasets/utkface", "labels": "", "split": "0.6,0.2,0.2",
                                     "seed": 5, "limit": 0}}}
-    records, split, how = peers.folder_split(ckpt, images, str(labels))
+    records, split, how = folder_split(ckpt, images, str(labels))
     assert len(records) == 40
     assert split == stratified_split(scan(images, str(labels)).records, (0.8, 0.1, 0.1), 0)
     assert split != stratified_split(records, (0.6, 0.2, 0.2), 5)
@@ -103,15 +103,15 @@ def test_a_training_source_naming_the_folder_gives_its_split(peers, aaf, tmp_pat
                {"data": "../shared/datasets/aaf/images", "labels": "../shared/datasets/aaf/labels.csv",
                 "detect": True, "face": "largest"}]
     ckpt = {"training": {"config": {"data": "", "sources": sources, "split": "0.6,0.2,0.2", "seed": 5, "limit": 0}}}
-    records, split, how = peers.folder_split(ckpt, images, str(labels))
+    records, split, how = folder_split(ckpt, images, str(labels))
     assert split == stratified_split(records, (0.6, 0.2, 0.2), 5)
     assert "../shared/datasets/aaf/images: 0.6,0.2,0.2, seed 5" in how
     # A single-source run trained on the folder itself (its `data`) counts too.
     ckpt = {"training": {"config": {"data": str(images), "labels": str(labels), "split": "0.7,0.15,0.15",
                                     "seed": 2, "limit": 0}}}
-    assert peers.folder_split(ckpt, images, str(labels))[1] == stratified_split(records, (0.7, 0.15, 0.15), 2)
-    assert peers.same_folder(images, tmp_path / "x" / "aaf" / "images")
-    assert not peers.same_folder(images, tmp_path / "aaf")
+    assert folder_split(ckpt, images, str(labels))[1] == stratified_split(records, (0.7, 0.15, 0.15), 2)
+    assert same_folder(images, tmp_path / "x" / "aaf" / "images")
+    assert not same_folder(images, tmp_path / "aaf")
 
 
 def test_link_folder_flattens_and_maps_back(peers, tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from agegender.data import DataError, Record, ScanResult, data_fingerprint, scan
 from agegender.images import open_image
 
 SUBSETS = ("train", "val", "test")
+# The split of a folder a model never trained on, so that every model is scored on the same images of it.
+OWN_SPLIT, OWN_SEED = "0.8,0.1,0.1", 0
 # With detection: what to do with a photo of several faces (skip it, or take the largest face).
 FACE_POLICIES = ("single", "largest")
 
@@ -211,11 +213,44 @@ def split_from_checkpoint(ckpt: dict, root: str | Path) -> tuple[list[Record], d
     return records, split, data_fingerprint(root, records) == fingerprint
 
 
+def same_folder(a: str | Path, b: str | Path) -> bool:
+    """Whether two data paths name the same folder: equal once resolved, or (a training config's relative
+    path was resolved from another working directory) ending in the same two path components.
+
+    >>> same_folder("/x/shared/datasets/aaf/images", "../other/datasets/aaf/images/")
+    True
+    >>> same_folder("/x/datasets/aaf/images", "/x/datasets/utkface")
+    False
+    """
+    pa, pb = Path(a).resolve(), Path(b).resolve()
+    return pa == pb or pa.parts[-2:] == pb.parts[-2:]
+
+
+def folder_split(ckpt: dict, root: str | Path, labels: str = "") -> tuple[list[Record], dict[str, str], str]:
+    """The split of a labelled folder the model may or may not have been trained on:
+    ``(records, {file: subset}, how it was chosen)``.
+
+    If the checkpoint's training config names ``root`` (its ``data``, or an entry of the multi-source list
+    ``sources`` = ``[{data, labels, detect, face}, ...]``), the folder is split as training split it: the
+    config's ``split`` fractions and ``seed`` (and its image ``limit``, as :func:`sources.split_from_checkpoint`
+    does). Otherwise it was never trained on, and gets its own seeded split 0.8,0.1,0.1 with seed 0. The
+    records come from ``labels`` as given here: a config's labels path may be relative to another directory.
+    """
+    records = scan(root, labels).records
+    cfg = ckpt.get("training", {}).get("config", {})
+    sources = cfg.get("sources") or ([{"data": cfg["data"]}] if cfg.get("data") else [])
+    source = next((s for s in sources if s.get("data") and same_folder(s["data"], root)), None)
+    if source is None:
+        split = stratified_split(records, parse_split(OWN_SPLIT), OWN_SEED)
+        return records, split, f"not in the model's training data: own split {OWN_SPLIT}, seed {OWN_SEED}"
+    records = limit_records(records, cfg.get("limit", 0), cfg["seed"])
+    split = stratified_split(records, parse_split(cfg["split"]), cfg["seed"])
+    return records, split, f"split as in the model's training ({source['data']}: {cfg['split']}, seed {cfg['seed']})"
+
+
 def source_of(root: str | Path, sources: Sequence[Source]) -> tuple[int, Source]:
-    """The source (and its position) that ``root`` is: the same folder, else the same folder name."""
-    root = Path(root)
-    for match in (lambda s: Path(s.data).resolve() == root.resolve(), lambda s: Path(s.data).name == root.name):
-        for i, source in enumerate(sources):
-            if match(source):
-                return i, source
+    """The source (and its position) that ``root`` is (:func:`same_folder`)."""
+    for i, source in enumerate(sources):
+        if same_folder(source.data, root):
+            return i, source
     raise DataError(f"{root} is none of the model's training sources ({', '.join(s.data for s in sources)})")
