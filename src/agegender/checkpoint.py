@@ -78,12 +78,12 @@ def load_checkpoint(path: str | Path) -> dict:
         # torch words this differently across versions: "Unsupported global: GLOBAL x.y", "unsupported GLOBAL
         # x.y whose module x is blocked", or an opcode the safe unpickler does not allow at all.
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if found is None and "weights only load failed" not in str(e).lower():
-            raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file?)") from e
-        what = f"it would import {found[1]} when loaded" if found else "it holds pickle instructions beyond plain data"
+        if found is None:
+            raise CheckpointError(f"{path} is not a readable checkpoint (truncated, not a torch file, or holding "
+                                  "more than tensors and plain data)") from e
         raise CheckpointError(
-            f"{path} refused: {what}, which could run code. agegender checkpoints hold only tensors and plain data; "
-            "only use checkpoints from sources you trust."
+            f"{path} refused: it would import {found[1]} when loaded, which could run code. agegender checkpoints "
+            "hold only tensors and plain data; only use checkpoints from sources you trust."
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError, MemoryError) as e:
         reason = " ".join(str(e).split())[:300]

@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     # Pillow warns about every odd EXIF tag of a hostile file; the gate (images.open_image) already reports
     # what matters in one line per file. Set once for the process, never toggled (toggling is not thread-safe).
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")  # refused by the gate
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -102,7 +102,7 @@ def _unidentified(fp: BinaryIO, name: str) -> ImageReadError:
         factory, accept = Image.OPEN[fmt]
         found = _recognises(accept, prefix)
         if isinstance(found, str):  # e.g. "... because AVIF support not installed"
-            return ImageReadError(f"{name}: a {fmt} image, but {found}", UNSUPPORTED)
+            return ImageReadError(f"{name}: {fmt} image, but {found}", UNSUPPORTED)
         if found:
             fp.seek(0)
             try:  # the format's own reader says what is wrong (Image.open swallows it)
@@ -113,11 +113,11 @@ def _unidentified(fp: BinaryIO, name: str) -> ImageReadError:
             return ImageReadError(f"{name}: a broken {fmt} file: {reason}", CORRUPT)
     for fmt, (_factory, accept) in Image.OPEN.items():
         if fmt not in ACCEPTED_FORMATS and _recognises(accept, prefix):
-            return ImageReadError(f"{name}: a {fmt} image, not an accepted format ({ACCEPTED_NAMES})", UNSUPPORTED)
+            return ImageReadError(f"{name}: {fmt} image, not an accepted format ({ACCEPTED_NAMES})", UNSUPPORTED)
     return ImageReadError(f"{name}: not an image file (accepted formats: {ACCEPTED_NAMES})", UNSUPPORTED)
 
 
-def _identify(fp: BinaryIO, name: str) -> Image.Image:
+def _identify(fp: BinaryIO, name: str, max_pixels: int) -> Image.Image:
     """Open the header of ``fp`` as one of :data:`ACCEPTED_FORMATS` (no pixels are decoded)."""
     try:
         return Image.open(fp, formats=ACCEPTED_FORMATS)
@@ -125,7 +125,7 @@ def _identify(fp: BinaryIO, name: str) -> Image.Image:
         raise _unidentified(fp, name) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         # Pillow's own, process-wide limit (left as Pillow sets it) fired before ours could.
-        raise ImageReadError(f"{name}: {_one_line(e)}", TOO_LARGE) from e
+        raise ImageReadError(f"{name}: exceeds the limit of {max_pixels:,} pixels ({_one_line(e)})", TOO_LARGE) from e
     except Exception as e:  # noqa: BLE001 - a plugin may raise anything on a crafted header
         raise ImageReadError(f"{name}: {_one_line(e)}", CORRUPT) from e
 
@@ -198,7 +198,7 @@ def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Imag
     name = "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else str(source)
     fp, nbytes = _source(source, name)
     with fp:
-        img = _identify(fp, name)
+        img = _identify(fp, name, max_pixels)
         try:
             return _decode(img, nbytes, name, max_pixels)
         finally:
