@@ -89,17 +89,19 @@ def check_writable(path: str | Path, what: str) -> Path:
     """Fail now, before any work, if the file ``path`` could not be written at the end: it is a folder, its
     name is too long, or its folder cannot be created or written. Creates the folder. Returns ``path``."""
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{what} {path} is a folder; give a file name")
     if len(os.fsencode(path.name)) > NAME_MAX:
         raise OutputError(f"{what} {path}: the file name is longer than {NAME_MAX} bytes")
     check_folder(path.parent, what)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; give a file name")
     return path
 
 
 def check_folder(folder: str | Path, what: str) -> Path:
     """Create ``folder`` if needed and check that files can be created in it (by creating and removing one)."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what}: cannot write into {folder}: it is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".agegender-write-check.", dir=folder)
@@ -122,9 +124,11 @@ def csv_cell(value: Any) -> Any:
 def csv_bytes(df: pd.DataFrame) -> bytes:
     """``df`` as CSV bytes: text cells made formula-safe (:func:`csv_cell`), and file names that are not valid
     UTF-8 written back as the bytes they were on disk (Python holds them as surrogate escapes)."""
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
     safe = df.copy()
     for column in safe.columns:
-        if safe[column].dtype == object:
+        if is_object_dtype(safe[column]) or is_string_dtype(safe[column]):
             safe[column] = safe[column].map(csv_cell)
     return safe.to_csv(index=False).encode("utf-8", "surrogateescape")
 
