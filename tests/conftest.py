@@ -283,3 +283,22 @@ def hostile_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
         (dest / name).write_bytes(data)
         names[name] = (case, expected)
     return dest, names
+
+
+EXAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
+
+
+def face_grid(n: int) -> bytes:
+    """A PNG of ``n`` copies of the example photo's face in a grid on grey: a crowd photo made on the spot."""
+    face = Image.open(EXAMPLE_PHOTO).convert("RGB").crop((146, 18, 303, 216)).resize((80, 101))
+    cols = int(np.ceil(np.sqrt(n)))
+    canvas = Image.new("RGB", (cols * 90, int(np.ceil(n / cols)) * 112), (128, 128, 128))
+    for i in range(n):
+        canvas.paste(face, ((i % cols) * 90 + 5, (i // cols) * 112 + 5))
+    return _encode(canvas, "PNG")
+
+
+@pytest.fixture(scope="session")
+def crowd_photo():
+    """:func:`face_grid`, for test modules."""
+    return face_grid

@@ -75,7 +75,8 @@ def train_one_epoch(
     seen = 0
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=None if progress else True, dynamic_ncols=True)
     for batch in bar:
-        if batch is None:
+        # BatchNorm cannot train on one image: a batch that unreadable files left with one (or none) is skipped.
+        if batch is None or len(batch[0]) < 2:
             continue
         images, targets, _ = batch
         images = images.to(device, non_blocking=True)
