@@ -302,3 +302,40 @@ def face_grid(n: int) -> bytes:
 def crowd_photo():
     """:func:`face_grid`, for test modules."""
     return face_grid
+
+
+def _seed_images() -> dict[str, bytes]:
+    """One small image of each accepted format (and MPO): the starting points of the mutation fuzz."""
+    face = Image.fromarray(np.random.default_rng(3).integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    formats = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"] + (["AVIF"] if features.check("avif") else [])
+    return {fmt: _encode(face, fmt) for fmt in formats}
+
+
+def _mutated_headers(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """``n`` seeded mutants ``(format, bytes)`` of small images of every accepted format: 1-4 bytes changed,
+    inserted or removed in the first 64 bytes, and one in five cut short."""
+    rng = random.Random(seed)
+    seeds = _seed_images()
+    names = sorted(seeds)
+    out = []
+    for i in range(n):
+        data = bytearray(seeds[names[i % len(names)]])
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(min(64, len(data)))
+            action = rng.random()
+            if action < 0.6:
+                data[at] = rng.randrange(256)
+            elif action < 0.8:
+                data[at:at] = bytes([rng.randrange(256)])
+            else:
+                del data[at]
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(1, len(data))]
+        out.append((names[i % len(names)], bytes(data)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def mutated_headers():
+    """:func:`_mutated_headers`, for test modules."""
+    return _mutated_headers

@@ -154,7 +154,11 @@ def _predict_job(predictor: Predictor, data: bytes, limits: dict, cancelled: thr
     t0 = time.perf_counter()
     image = decode_upload(data, limits["max_pixels"])
     t1 = time.perf_counter()
-    (photo,) = predictor.predict_photos([image], max_faces=limits["max_faces"], check=check)
+    try:
+        (photo,) = predictor.predict_photos([image], max_faces=limits["max_faces"], check=check)
+    except JobCancelled:
+        log.info("stopped the work of a timed-out request after %.1f s", time.perf_counter() - t0)
+        raise
     t2 = time.perf_counter()
     return {"faces": [face.to_dict() for face in photo.faces], "faces_found": photo.found,
             "faces_dropped": photo.dropped, "width": image.width, "height": image.height,
