@@ -19,8 +19,6 @@ from agegender.outputs import check_folder, check_writable
 log = logging.getLogger("agegender")
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-# The face-count cap of predict and serve: a crowd photo costs seconds per face beyond what a person needs.
-DEFAULT_MAX_FACES = 50
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -137,6 +135,14 @@ def _add_model_options(p: argparse.ArgumentParser, device: str) -> None:
                    help="run the network with torch (default) or onnxruntime (a .onnx --model implies onnx)")
 
 
+def _add_max_faces(p: argparse.ArgumentParser, what_then: str) -> None:
+    from agegender.predictor import DEFAULT_MAX_FACES
+
+    p.add_argument("--max-faces", type=_number(int, 1), default=DEFAULT_MAX_FACES,
+                   help=f"predict at most this many faces per photo, the largest (default {DEFAULT_MAX_FACES}); "
+                   + what_then)
+
+
 def _add_face_policy(p: argparse.ArgumentParser) -> None:
     from agegender.sources import FACE_POLICIES
 
@@ -193,9 +199,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="smallest face side to look for, pixels (default 20)")
     p.add_argument("--det-threshold", type=_number(float, 0, 1), default=0.7,
                    help="minimum detector score of the final stage (default 0.7)")
-    p.add_argument("--max-faces", type=_number(int, 1), default=DEFAULT_MAX_FACES,
-                   help=f"predict at most this many faces per photo, the largest (default {DEFAULT_MAX_FACES}); a "
-                   "photo with more gets a faces_dropped row")
+    _add_max_faces(p, "a photo with more gets a faces_dropped row")
     p.add_argument("--batch-size", type=_number(int, 1), default=64)
     _add_model_options(p, "cpu")
     _add_common(p)
@@ -227,9 +231,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest upload in MiB (default 10)")
     p.add_argument("--timeout", type=_number(float, 0, low_open=True), default=30,
                    help="seconds before a request fails with 504; its work stops at the next step (default 30)")
-    p.add_argument("--max-faces", type=_number(int, 1), default=DEFAULT_MAX_FACES,
-                   help=f"faces predicted per photo at most, the largest (default {DEFAULT_MAX_FACES}); the answer "
-                   "says how many were found")
+    _add_max_faces(p, "the answer says how many were found")
     p.add_argument("--header-timeout", type=_number(float, 0, low_open=True), default=10,
                    help="seconds a client may take to send a request's headers before the connection is closed "
                    "(default 10)")

@@ -18,6 +18,9 @@ from agegender.model import AgeGenderNet
 from agegender.transforms import eval_preset
 
 RUNTIMES = ("torch", "onnx")
+# Faces predicted per photo by default in predict and the service: a crowd photo costs seconds per face, far
+# beyond what a portrait needs; the largest are kept and the answer says how many were found.
+DEFAULT_MAX_FACES = 50
 
 
 def _exported(checkpoint: Path) -> Path:

@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from agegender.images import CORRUPT, EMPTY, MAX_PIXELS, TOO_LARGE, UNSUPPORTED, ImageReadError, open_image
-from agegender.predictor import Predictor
+from agegender.predictor import DEFAULT_MAX_FACES, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,8 @@ def host_name(scope: dict) -> str:
 
 def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = MAX_PIXELS,
                timeout_s: float = 30.0, max_queue: int = 8, workers: int = 1, model_name: str | None = None,
-               max_faces: int | None = 50, allowed_hosts: list[str] | None = None, docs: bool = False) -> FastAPI:
+               max_faces: int | None = DEFAULT_MAX_FACES, allowed_hosts: list[str] | None = None, docs: bool = False
+               ) -> FastAPI:
     """The web app around a loaded ``predictor``; ``model_name`` (e.g. the checkpoint's file name) goes into the
     model id reported with every answer. ``app.state.jobs`` is the :class:`JobQueue` that runs the predictions.
 
