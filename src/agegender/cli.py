@@ -98,6 +98,11 @@ TRAIN_HELP = {
     "age_group (25-32, 70+); for folders not named the UTKFace way",
     "detect": "images are uncropped photos: detect each face (MTCNN) and align it to UTKFace's framing first",
     "face": "with --detect: skip photos with several faces (single) or use the largest (largest)",
+    "sources": "train on several folders at once, each split on its own and validated on its own and pooled; "
+               "repeat for each: DIR or DIR,labels=CSV,detect=true,face=largest,min_face=60,name=NAME "
+               "(replaces --data/--labels/--detect/--face; in YAML a 'sources:' list of such mappings)",
+    "degrade": "probability that a training image gets photo-quality damage: greyscale, blur, down-and-up "
+               "scaling, JPEG re-compression, noise, exposure/contrast (each with its own chance); 0 = off",
     "init": "start from a trained checkpoint (PATH, or 'bundled' for the packaged model): fine-tuning; it keeps "
             "that model's network and input size unless --image-size / --crop-pct are given",
     "freeze_backbone_epochs": "with --init: train only the two heads for this many epochs, then everything",
@@ -117,7 +122,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         shown = f" (default {f.default})" if f.default not in ("", None) else ""
-        if option_type(f.name) is bool:
+        if f.name == "sources":
+            p.add_argument("--source", dest="sources", action="append", default=None, metavar="SPEC",
+                           help=TRAIN_HELP[f.name])
+        elif option_type(f.name) is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=TRAIN_HELP[f.name] + shown)
         else:
@@ -173,6 +181,11 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                    "folder not named the UTKFace way; only the figures its labels allow are reported")
     e.add_argument("--detect", action="store_true", help="images are uncropped photos: detect and align faces")
     _add_face_policy(e)
+    e.add_argument("--min-face", type=_number(int, 1), default=20,
+                   help="with --detect: smallest face side to look for, pixels (default 20; loose face crops can use "
+                   "a larger value, which is faster)")
+    e.add_argument("--degrade", action="store_true", help="score a fixed degraded copy of each face (greyscale, "
+                   "a third of the size, blurred, JPEG quality 30): robustness to poor photos")
     e.add_argument("--split-file", help="a run's split.csv, to evaluate one subset")
     e.add_argument("--subset", default="test", choices=SUBSETS, help="subset (default test)")
     e.add_argument("--out", required=True, help="REPORT.json to write")
@@ -355,8 +368,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model_path = resolve_model_path(args.model)
     predictor = Predictor.from_checkpoint(model_path, device=args.device, flip_tta=args.tta, runtime=args.runtime)
     records, scope, skipped_labels = _evaluation_records(args)
-    df, rep = evaluate(predictor, args.data, records, detect=args.detect, face=args.face,
-                       batch_size=args.batch_size, workers=args.num_workers, progress=not args.quiet)
+    df, rep = evaluate(predictor, args.data, records, detect=args.detect, face=args.face, min_face=args.min_face,
+                       degrade=args.degrade, batch_size=args.batch_size, workers=args.num_workers,
+                       progress=not args.quiet)
     rep["meta"] |= {"model": str(model_path), "data": str(args.data), "labels": args.labels, "scope": scope,
                     "skipped_labels": skipped_labels}
     write_report(df, rep, args.out, args.predictions, scope)

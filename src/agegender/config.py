@@ -12,7 +12,7 @@ import yaml
 from agegender.cache import CACHE_MODES
 from agegender.losses import AGE_LOSSES
 from agegender.model import BACKBONES, MAX_HEAD_HIDDEN, MAX_IMAGE_SIZE
-from agegender.sources import FACE_POLICIES, parse_split
+from agegender.sources import FACE_POLICIES, Source, parse_source, parse_split
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle")
@@ -22,6 +22,8 @@ def _coerce(key: str, value: object, kind: type) -> object:
     """YAML reads ``1e-4`` as a string and users write ``epochs: "5"``: convert to the option's type."""
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
+    if kind is list:
+        raise ValueError(f"option {key}: expected a list, got {value!r}")
     try:
         if kind is bool:
             raise TypeError
@@ -84,6 +86,10 @@ class TrainConfig:
     labels: str = ""  # CSV of file,age,gender,age_group for folders not named the UTKFace way
     detect: bool = False  # images are uncropped photos: detect and align each face first
     face: str = "single"  # with detect: skip photos with several faces (single) or take the largest
+    # Several training sources at once (each split on its own); replaces data/labels/detect/face. Items are
+    # mappings with the keys of sources.Source, or "DIR,key=value,..." strings.
+    sources: list | None = None
+    degrade: float = 0.0  # probability of a photo-quality degradation per training image (0 = off)
     init: str = ""  # start from a trained checkpoint (a path, or "bundled") instead of ImageNet / random
     freeze_backbone_epochs: int = 0  # with init: train only the heads for this many epochs first
     cache: str = "disk"  # decoded-image cache: none | memory | disk (memory-mapped, reused across runs)
@@ -95,7 +101,15 @@ class TrainConfig:
             if not cond:
                 raise ValueError(msg)
 
-        need(bool(self.data), "--data is required")
+        need(bool(self.data) or bool(self.sources), "--data (or sources) is required")
+        need(not (self.sources and (self.labels or self.detect)),
+             "give --labels/--detect inside each source, not beside sources")
+        need(0 <= self.degrade <= 1, "degrade must be a probability in [0, 1]")
+        if self.sources:
+            # Written out in full, so config.yaml says exactly how each folder was read.
+            self.sources = [s.to_dict() for s in self.source_list()]
+        keys = [s.key for s in self.source_list()]
+        need(len(set(keys)) == len(keys), f"sources need distinct names, got {keys}: add name=... to each")
         need(bool(self.out), "--out is required")
         need(self.backbone in BACKBONES, f"--backbone must be one of {', '.join(BACKBONES)}")
         need(self.age_loss in AGE_LOSSES, f"--age-loss must be one of {', '.join(AGE_LOSSES)}")
@@ -143,6 +157,12 @@ class TrainConfig:
         if isinstance(values.get("split"), list | tuple):
             values["split"] = ",".join(str(x) for x in values["split"])
         return cls(**{k: _coerce(k, v, option_type(k)) for k, v in values.items() if v is not None}).validate()
+
+    def source_list(self) -> list[Source]:
+        """The training sources: ``sources``, or the one given by data/labels/detect/face."""
+        if self.sources:
+            return [parse_source(s) for s in self.sources]
+        return [Source(self.data, self.labels, self.detect, self.face)] if self.data else []
 
     def to_dict(self) -> dict:
         return asdict(self)

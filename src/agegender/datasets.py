@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from agegender.data import Record
 from agegender.distributed import DistInfo
@@ -88,6 +88,33 @@ class CachedFaceDataset(Dataset):
         image = torch.from_numpy(np.array(self.pixels[i])).permute(2, 0, 1)  # a copy: memmaps are read-only
         r = self.records[i]
         return self.transform(image), {"age": float(r.age), "gender": float(r.gender)}, i
+
+
+class _Offset(Dataset):
+    """``dataset`` with ``offset`` added to each item's index."""
+
+    def __init__(self, dataset: Dataset, offset: int) -> None:
+        self.dataset, self.offset = dataset, offset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        item = self.dataset[i]
+        return None if item is None else (item[0], item[1], item[2] + self.offset)
+
+
+def concat_datasets(datasets: Sequence[Dataset]) -> Dataset:
+    """The datasets one after the other, items indexed through all of them (the second's first item has index
+    ``len(first)``), so that indices point into the concatenation of their record lists. One dataset is
+    returned as it is."""
+    if len(datasets) == 1:
+        return datasets[0]
+    parts, offset = [], 0
+    for d in datasets:
+        parts.append(_Offset(d, offset))
+        offset += len(d)
+    return ConcatDataset(parts)
 
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, workers: int, device: torch.device,

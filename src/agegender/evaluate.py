@@ -74,16 +74,21 @@ def score(df: pd.DataFrame, records: Sequence[Record], target_coverage: float | 
 
 
 def evaluate(predictor: Predictor, root: str | Path, records: Sequence[Record], *, detect: bool = False,
-             face: str = "single", batch_size: int = 128, workers: int = -1,
-             progress: bool = True) -> tuple[pd.DataFrame, dict]:
+             face: str = "single", min_face: int = 20, degrade: bool = False, batch_size: int = 128,
+             workers: int = -1, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Predict every record under ``root`` (face crops, or with ``detect`` photos detected and aligned first)
-    and score the predictions: ``(predictions frame, report)``. Unreadable images and photos without a usable
-    face are skipped and counted in ``report["meta"]``."""
+    and score the predictions: ``(predictions frame, report)``. ``degrade`` scores the fixed degraded copy of
+    each face (:func:`transforms.degrade_fixed`). Unreadable images and photos without a usable face are
+    skipped and counted in ``report["meta"]``."""
+    from torchvision.transforms import v2 as T
+
     from agegender.datasets import FaceDataset, default_workers, make_loader
     from agegender.engine import predict_batches
     from agegender.sources import image_loader
+    from agegender.transforms import degrade_fixed
 
-    dataset = FaceDataset(root, records, predictor.transform, image_loader(detect, face))
+    transform = T.Compose([degrade_fixed, predictor.transform]) if degrade else predictor.transform
+    dataset = FaceDataset(root, records, transform, image_loader(detect, face, min_face))
     loader = make_loader(dataset, batch_size, False, default_workers(workers), predictor.device)
     out = predict_batches(predictor.model, loader, predictor.device, flip_tta=predictor.flip_tta,
                           progress=progress, desc="evaluate")
@@ -92,7 +97,7 @@ def evaluate(predictor: Predictor, root: str | Path, records: Sequence[Record], 
         raise DataError(f"none of the {len(records)} images under {root} could be read")
     rep = score(df, [records[i] for i in out["index"]], predictor.interval_coverage)
     rep["meta"] = {"tta": predictor.flip_tta, "age_map": predictor.model.config.age_map is not None,
-                   "skipped_unreadable_or_no_face": len(records) - len(df)}
+                   "degraded": degrade, "skipped_unreadable_or_no_face": len(records) - len(df)}
     return df, rep
 
 

@@ -9,14 +9,94 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from agegender.data import DataError, Record, ScanResult, data_fingerprint, scan_utkface
 from agegender.images import open_image
 
 SUBSETS = ("train", "val", "test")
+# The split of a folder a model never trained on, so that every model is scored on the same images of it.
+OWN_SPLIT, OWN_SEED = "0.8,0.1,0.1", 0
 # With detection: what to do with a photo of several faces (skip it, or take the largest face).
 FACE_POLICIES = ("single", "largest")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One folder of labelled images and how to read it: UTKFace names or a ``labels`` file; face crops, or
+    photos to ``detect`` and align first (``face`` policy, smallest face ``min_face`` pixels)."""
+
+    data: str
+    labels: str = ""
+    detect: bool = False
+    face: str = "single"
+    min_face: int = 20
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("a source needs its data folder")
+        if self.face not in FACE_POLICIES:
+            raise ValueError(f"source {self.data}: face must be one of {', '.join(FACE_POLICIES)}, got {self.face!r}")
+        if self.min_face < 1:
+            raise ValueError(f"source {self.data}: min_face must be >= 1 pixel, got {self.min_face}")
+
+    @property
+    def key(self) -> str:
+        """Short name for logs, metrics and split files: ``name``, else the folder's name (its parent's for
+        a folder called ``images``).
+
+        >>> Source("/d/aaf/images").key, Source("/d/UTKFace/").key, Source("x", name="mine").key
+        ('aaf', 'UTKFace', 'mine')
+        """
+        if self.name:
+            return self.name
+        path = Path(self.data)
+        return path.parent.name if path.name == "images" and path.parent.name else path.name
+
+    def loader(self) -> Callable:
+        return image_loader(self.detect, self.face, self.min_face)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_source(spec: str | dict) -> Source:
+    """A :class:`Source` from a YAML mapping or a command-line spec ``DIR[,key=value...]``.
+
+    >>> parse_source("aaf/images,labels=aaf/labels.csv,detect=true,face=largest,min_face=60")
+    Source(data='aaf/images', labels='aaf/labels.csv', detect=True, face='largest', min_face=60, name='')
+    """
+    if isinstance(spec, dict):
+        values = dict(spec)
+    else:
+        data, *pairs = str(spec).split(",")
+        values = {"data": data}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ValueError(f"source {spec!r}: expected key=value after the folder, got {pair!r}")
+            values[key.strip()] = value.strip()
+    known = {f.name: f.type for f in fields(Source)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"source {spec!r}: unknown keys {unknown}; known: {', '.join(known)}")
+    if isinstance(values.get("detect"), str):
+        if values["detect"].lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"source {spec!r}: detect must be true or false, got {values['detect']!r}")
+        values["detect"] = values["detect"].lower() in ("true", "1", "yes")
+    if "min_face" in values:
+        try:
+            values["min_face"] = int(values["min_face"])
+        except ValueError:
+            raise ValueError(f"source {spec!r}: min_face must be a whole number of pixels") from None
+    return Source(**{k: str(v) if known[k] == "str" else v for k, v in values.items()})
+
+
+def split_file_name(index: int, source: Source) -> str:
+    """``split.csv`` for the first source (what single-source runs always wrote), ``split-KEY.csv`` after it."""
+    return "split.csv" if index == 0 else f"split-{source.key}.csv"
 
 
 def scan(root: str | Path, labels: str = "") -> ScanResult:
@@ -28,13 +108,13 @@ def scan(root: str | Path, labels: str = "") -> ScanResult:
     return scan_utkface(root)
 
 
-def image_loader(detect: bool = False, face: str = "single") -> Callable:
+def image_loader(detect: bool = False, face: str = "single", min_face: int = 20) -> Callable:
     """How a file becomes a face crop: decoded as it is, or (``detect``) detected and aligned to UTKFace's
     framing with the ``face`` policy for photos of several faces."""
     if detect:
         from agegender.faces import AlignedFaceLoader
 
-        return AlignedFaceLoader(face)
+        return AlignedFaceLoader(face, min_face)
     return open_image
 
 
@@ -124,7 +204,56 @@ def split_from_checkpoint(ckpt: dict, root: str | Path) -> tuple[list[Record], d
     Returns ``(records, split, same_data)``; ``same_data`` is False when the folder's fingerprint differs
     from the training data's, in which case the subsets may differ from the ones used in training.
     """
-    cfg = ckpt["training"]["config"]
-    records = limit_records(scan(root, cfg.get("labels", "")).records, cfg["limit"], cfg["seed"])
+    training = ckpt["training"]
+    cfg = training["config"]
+    labels, fingerprint = cfg.get("labels", ""), training.get("data_fingerprint")
+    if cfg.get("sources"):
+        i, source = source_of(root, [parse_source(s) for s in cfg["sources"]])
+        labels = source.labels
+        fingerprint = (training.get("sources") or [{}] * (i + 1))[i].get("fingerprint")
+    records = limit_records(scan(root, labels).records, cfg["limit"], cfg["seed"])
     split = stratified_split(records, parse_split(cfg["split"]), cfg["seed"])
-    return records, split, data_fingerprint(root, records) == ckpt["training"].get("data_fingerprint")
+    return records, split, data_fingerprint(root, records) == fingerprint
+
+
+def same_folder(a: str | Path, b: str | Path) -> bool:
+    """Whether two data paths name the same folder: equal once resolved, or (a training config's relative
+    path was resolved from another working directory) ending in the same two path components.
+
+    >>> same_folder("/x/shared/datasets/aaf/images", "../other/datasets/aaf/images/")
+    True
+    >>> same_folder("/x/datasets/aaf/images", "/x/datasets/utkface")
+    False
+    """
+    pa, pb = Path(a).resolve(), Path(b).resolve()
+    return pa == pb or pa.parts[-2:] == pb.parts[-2:]
+
+
+def folder_split(ckpt: dict, root: str | Path, labels: str = "") -> tuple[list[Record], dict[str, str], str]:
+    """The split of a labelled folder the model may or may not have been trained on:
+    ``(records, {file: subset}, how it was chosen)``.
+
+    If the checkpoint's training config names ``root`` (its ``data``, or an entry of the multi-source list
+    ``sources`` = ``[{data, labels, detect, face}, ...]``), the folder is split as training split it: the
+    config's ``split`` fractions and ``seed`` (and its image ``limit``, as :func:`sources.split_from_checkpoint`
+    does). Otherwise it was never trained on, and gets its own seeded split 0.8,0.1,0.1 with seed 0. The
+    records come from ``labels`` as given here: a config's labels path may be relative to another directory.
+    """
+    records = scan(root, labels).records
+    cfg = ckpt.get("training", {}).get("config", {})
+    sources = cfg.get("sources") or ([{"data": cfg["data"]}] if cfg.get("data") else [])
+    source = next((s for s in sources if s.get("data") and same_folder(s["data"], root)), None)
+    if source is None:
+        split = stratified_split(records, parse_split(OWN_SPLIT), OWN_SEED)
+        return records, split, f"not in the model's training data: own split {OWN_SPLIT}, seed {OWN_SEED}"
+    records = limit_records(records, cfg.get("limit", 0), cfg["seed"])
+    split = stratified_split(records, parse_split(cfg["split"]), cfg["seed"])
+    return records, split, f"split as in the model's training ({source['data']}: {cfg['split']}, seed {cfg['seed']})"
+
+
+def source_of(root: str | Path, sources: Sequence[Source]) -> tuple[int, Source]:
+    """The source (and its position) that ``root`` is (:func:`same_folder`)."""
+    for i, source in enumerate(sources):
+        if same_folder(source.data, root):
+            return i, source
+    raise DataError(f"{root} is none of the model's training sources ({', '.join(s.data for s in sources)})")

@@ -37,7 +37,7 @@ from agegender.checkpoint import (
 )
 from agegender.config import TrainConfig
 from agegender.data import DataError, Record, data_fingerprint
-from agegender.datasets import CachedFaceDataset, FaceDataset, default_workers, make_loader
+from agegender.datasets import CachedFaceDataset, FaceDataset, concat_datasets, default_workers, make_loader
 from agegender.distributed import DistInfo, barrier, cleanup, gather_predictions, setup
 from agegender.engine import predict_batches, resolve_device, train_one_epoch
 from agegender.evaluate import predictions_frame
@@ -64,6 +64,21 @@ class RunPaths:
 
 
 @dataclass
+class SourcePart:
+    """One training source's records and split; ``val_span`` is where its images sit in the pooled
+    validation subset."""
+
+    source: S.Source
+    records: list[Record]
+    train: list[Record]
+    val: list[Record]
+    counts: dict[str, int]
+    fingerprint: str
+    split_file: str
+    val_span: tuple[int, int] = (0, 0)
+
+
+@dataclass
 class TrainState:
     """What the steps of one run share; each step fills in its part."""
 
@@ -73,11 +88,9 @@ class TrainState:
     device: torch.device
     progress: bool
     resumed: dict | None = None  # last.pt of the run being resumed
-    records: list[Record] = field(default_factory=list)
-    train_recs: list[Record] = field(default_factory=list)
+    parts: list[SourcePart] = field(default_factory=list)  # one per training source
+    train_recs: list[Record] = field(default_factory=list)  # all sources', in order
     val_recs: list[Record] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-    fingerprint: str = ""
     train_ages: np.ndarray | None = None
     model: AgeGenderNet | None = None
     eval_model: torch.nn.Module | None = None  # the weight average when there is one, else the model
@@ -155,25 +168,37 @@ def resume_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
 
 
 def split_data(st: TrainState) -> None:
-    """Scan the data, then split it (or read the split of the run being resumed)."""
-    cfg, run = st.cfg, st.run
-    st.records = S.limit_records(S.scan(cfg.data, cfg.labels).records, cfg.limit, cfg.seed)
-    if st.resumed is not None and run.split.exists():
-        split = S.read_split(run.split)
-    else:
-        split = S.stratified_split(st.records, S.parse_split(cfg.split), cfg.seed)
-        if st.info.is_main:
-            S.write_split(run.split, split)
-    st.train_recs, st.val_recs = S.select(st.records, split, "train"), S.select(st.records, split, "val")
+    """Scan each source and split it on its own (or read the splits of the run being resumed); training and
+    validation pool the sources."""
+    st.parts = [split_source(st, i, source) for i, source in enumerate(st.cfg.source_list())]
+    for part in st.parts:
+        start = len(st.val_recs)
+        st.train_recs += part.train
+        st.val_recs += part.val
+        part.val_span = (start, len(st.val_recs))
     if not st.train_recs:
         raise DataError("the training subset is empty: use more images or a larger train fraction")
     if not st.val_recs:
-        log.warning("no validation subset (split %s): best.pt will be the last epoch's model", cfg.split)
-    st.counts = {s: sum(1 for v in split.values() if v == s) for s in S.SUBSETS}
-    st.fingerprint = data_fingerprint(cfg.data, st.records)
-    log.info("split %s: %s; device %s; %d process(es)", cfg.split, st.counts, st.device, st.info.world_size)
+        log.warning("no validation subset (split %s): best.pt will be the last epoch's model", st.cfg.split)
+    log.info("split %s: %s; device %s; %d process(es)", st.cfg.split,
+             "; ".join(f"{p.source.key} {p.counts}" for p in st.parts), st.device, st.info.world_size)
     ages = np.array([r.age for r in st.train_recs], float)
     st.train_ages = ages[~np.isnan(ages)] if not np.isnan(ages).all() else np.array([33.0, 13.0, 53.0])
+
+
+def split_source(st: TrainState, index: int, source: S.Source) -> SourcePart:
+    cfg = st.cfg
+    records = S.limit_records(S.scan(source.data, source.labels).records, cfg.limit, cfg.seed)
+    split_file = st.run.root / S.split_file_name(index, source)
+    if st.resumed is not None and split_file.exists():
+        split = S.read_split(split_file)
+    else:
+        split = S.stratified_split(records, S.parse_split(cfg.split), cfg.seed)
+        if st.info.is_main:
+            S.write_split(split_file, split)
+    counts = {s: sum(1 for v in split.values() if v == s) for s in S.SUBSETS}
+    return SourcePart(source, records, S.select(records, split, "train"), S.select(records, split, "val"), counts,
+                      data_fingerprint(source.data, records), split_file.name)
 
 
 def build_model(st: TrainState) -> None:
@@ -224,31 +249,36 @@ def init_model_config(init: dict, cfg: TrainConfig) -> ModelConfig:
 def build_loaders(st: TrainState) -> None:
     cfg, device = st.cfg, st.device
     workers = default_workers(cfg.num_workers)
-    train_ds, st.val_ds = make_datasets(cfg, st.model.config.preset, st.train_recs, st.val_recs, st.info,
-                                        st.progress)
-    st.unreadable = sum(int((~ds.readable).sum()) for ds in (train_ds, st.val_ds) if isinstance(ds, CachedFaceDataset))
+    preset = st.model.config.preset
+    pairs = [make_datasets(cfg, p.source, preset, p.train, p.val, st.info, st.progress) for p in st.parts]
+    st.unreadable = sum(int((~ds.readable).sum()) for pair in pairs for ds in pair if isinstance(ds, CachedFaceDataset))
+    # Item indices then count through the pooled record lists (train_recs / val_recs), source after source.
+    train_ds = concat_datasets([t for t, _ in pairs])
+    st.val_ds = concat_datasets([v for _, v in pairs if v is not None]) if st.val_recs else None
     st.train_loader = make_loader(train_ds, cfg.batch_size, True, workers, device, st.info, cfg.seed)
     if st.val_ds is not None:
         st.val_loader = make_loader(st.val_ds, cfg.batch_size * 2, False, workers, device, st.info, cfg.seed)
 
 
-def make_datasets(cfg: TrainConfig, preset, train_recs: list[Record], val_recs: list[Record], info: DistInfo,
-                  progress: bool) -> tuple[Dataset, Dataset | None]:
-    """Training and validation datasets: from the decode cache (rank 0 builds it, the others wait and
-    reuse it), or decoding every image on every read (``cache: none``, the reference's pipeline)."""
-    load = S.image_loader(cfg.detect, cfg.face)
+def make_datasets(cfg: TrainConfig, source: S.Source, preset, train_recs: list[Record], val_recs: list[Record],
+                  info: DistInfo, progress: bool) -> tuple[Dataset, Dataset | None]:
+    """Training and validation datasets of one source: from the decode cache (rank 0 builds it, the others
+    wait and reuse it), or decoding every image on every read (``cache: none``, the reference's pipeline)."""
+    load = source.loader()
+    train_tf = train_preset(preset, cfg.augment, cached=cfg.cache != "none", degrade=cfg.degrade)
     if cfg.cache == "none":
-        return (FaceDataset(cfg.data, train_recs, train_preset(preset, cfg.augment), load),
-                FaceDataset(cfg.data, val_recs, eval_preset(preset), load) if val_recs else None)
+        return (FaceDataset(source.data, train_recs, train_tf, load),
+                FaceDataset(source.data, val_recs, eval_preset(preset), load) if val_recs else None)
     records = train_recs + val_recs
     shared_file = cfg.cache == "disk" and info.enabled
     if shared_file and not info.is_main:
         barrier(info)  # rank 0 writes the cache file first
-    pixels, ok = build_cache(cfg.data, records, decode_preset(preset), preset.resize_size, cfg.cache, progress, load)
+    pixels, ok = build_cache(source.data, records, decode_preset(preset), preset.resize_size, cfg.cache, progress,
+                             load)
     if shared_file and info.is_main:
         barrier(info)
     n = len(train_recs)
-    train = CachedFaceDataset(pixels[:n], ok[:n], train_recs, train_preset(preset, cfg.augment, cached=True))
+    train = CachedFaceDataset(pixels[:n], ok[:n], train_recs, train_tf)
     val = CachedFaceDataset(pixels[n:], ok[n:], val_recs, eval_preset(preset, cached=True)) if val_recs else None
     return train, val
 
@@ -390,9 +420,19 @@ def validate(st: TrainState, desc: str) -> dict:
     """Validation figures, identical on every rank (predictions are gathered before scoring)."""
     out = predict_batches(st.eval_model, st.val_loader, st.device, _use_amp(st), st.cfg.flip_tta,
                           st.progress and st.info.is_main, desc=desc)
-    df = predictions_frame(gather_predictions(out, st.info), st.val_recs)
+    out = gather_predictions(out, st.info)
+    row = _val_figures(predictions_frame(out, st.val_recs), "val")
+    if len(st.parts) > 1:
+        for part in st.parts:
+            inside = (out["index"] >= part.val_span[0]) & (out["index"] < part.val_span[1])
+            some = {k: v[inside] for k, v in out.items()}
+            row |= _val_figures(predictions_frame(some, st.val_recs), f"val_{part.source.key}")
+    return row
+
+
+def _val_figures(df: pd.DataFrame, prefix: str) -> dict:
     m = summarize(df["age_pred"], df["age_true"], df["p_female"], df["gender_true"])
-    return {f"val_{k}": math.nan if m.get(k) is None else m[k]
+    return {f"{prefix}_{k}": math.nan if m.get(k) is None else m[k]
             for k in ("age_mae", "cs5", "gender_accuracy", "gender_mae")}
 
 
@@ -424,12 +464,15 @@ def training_summary(st: TrainState, epoch: int, row: dict) -> dict:
     """What every checkpoint records about the run so far."""
     best = st.best_score if math.isfinite(st.best_score) else None
     metric = selection_metric(row)
+    first = st.parts[0]
     return {
         "epoch": epoch, "config": st.cfg.to_dict(),
-        "data_fingerprint": st.fingerprint, "metrics": row,
+        "data_fingerprint": first.fingerprint, "metrics": row,
         "best": {"metric": metric, "value": best},
         "best_val_age_mae": best if metric == "val_age_mae" else None, "history": st.history,
-        "split": {"file": st.run.split.name, "fractions": st.cfg.split, "seed": st.cfg.seed, "counts": st.counts},
+        "split": {"file": first.split_file, "fractions": st.cfg.split, "seed": st.cfg.seed, "counts": first.counts},
+        "sources": [{**p.source.to_dict(), "key": p.source.key, "fingerprint": p.fingerprint, "counts": p.counts,
+                     "split_file": p.split_file} for p in st.parts],
         "torch_version": str(torch.__version__), "world_size": st.info.world_size,
         "unreadable_images": st.unreadable,
     }
@@ -485,7 +528,7 @@ def calibrate_best(st: TrainState) -> None:
         except KeyboardInterrupt:
             log.warning("interrupted while fitting the age interval: all %d epochs are saved, but %s has "
                         "no interval yet; fit it with: python scripts/recalibrate.py --model %s --data %s "
-                        "--split-file %s %s%s", st.training["epoch"], run.best, run.best, cfg.data, run.split,
-                        "--tta" if cfg.flip_tta else "--no-tta", " --age-map" if cfg.age_map else "")
+                        "--split-file %s %s%s", st.training["epoch"], run.best, run.best, st.parts[0].source.data,
+                        run.split, "--tta" if cfg.flip_tta else "--no-tta", " --age-map" if cfg.age_map else "")
             raise
     barrier(st.info)
