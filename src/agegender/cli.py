@@ -13,6 +13,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from agegender.outputs import check_folder, check_writable
 
@@ -30,7 +31,7 @@ def _setup_logging(verbosity: int) -> None:
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (argparse prints the whole usage block first)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

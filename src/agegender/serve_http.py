@@ -18,6 +18,8 @@ import ipaddress
 import json
 import logging
 import socket
+from collections.abc import Callable
+from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -120,7 +122,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def serve(app, sock: socket.socket, header_timeout: float, quiet: bool) -> bool:
+def serve(app: Callable[..., Any], sock: socket.socket, header_timeout: float, quiet: bool) -> bool:
     """Run ``app`` on ``sock`` until Ctrl-C or SIGTERM; False if the server did not start."""
     import uvicorn
 
