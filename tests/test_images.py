@@ -142,7 +142,7 @@ def test_zero_byte_file(tmp_path):
 def test_text_file_named_jpg(tmp_path):
     path = tmp_path / "text.jpg"
     path.write_text("this is not an image\nat all\n")
-    _read_error(path, r"text\.jpg: not an image file PIL can read$")
+    _read_error(path, r"text\.jpg: not an image file \(accepted formats: JPEG, PNG, WebP, AVIF, GIF, BMP, TIFF\)$")
 
 
 def test_truncated_jpeg(tmp_path):
@@ -162,7 +162,7 @@ def test_empty_bytes():
 
 
 def test_garbage_bytes():
-    _read_error(b"not a jpeg", "^<bytes>: not an image file PIL can read$")
+    _read_error(b"not a jpeg", r"^<bytes>: not an image file \(accepted formats: .*\)$")
 
 
 def test_missing_file(tmp_path):
@@ -180,3 +180,4 @@ def test_too_many_pixels_refused_from_bytes():
     buf = io.BytesIO()
     Image.new("L", (20, 20)).save(buf, format="PNG")
     _read_error(buf.getvalue(), "^<bytes>: 20x20 exceeds the limit of 100 pixels$", max_pixels=100)
+

@@ -137,8 +137,8 @@ def test_evaluate_photos_detects_and_counts_no_face_and_crowds(trained_run: Path
                   "gender": ["female"] * 3}).to_csv(tmp_path / "labels.csv", index=False)
     common = ["evaluate", "--model", str(trained_run / "best.pt"), "--data", str(photos), "--labels",
               str(tmp_path / "labels.csv"), "--detect", "-q"]
-    assert main([*common, "--out", str(tmp_path / "single.json")]) == 0
+    assert main([*common, "--out", str(tmp_path / "single.json")]) == 1  # finished, two photos left out
     rep = json.loads((tmp_path / "single.json").read_text())
     assert rep["n"] == 1 and rep["meta"]["skipped_unreadable_or_no_face"] == 2
-    assert main([*common, "--face", "largest", "--out", str(tmp_path / "largest.json")]) == 0
+    assert main([*common, "--face", "largest", "--out", str(tmp_path / "largest.json")]) == 1  # none.png
     assert json.loads((tmp_path / "largest.json").read_text())["n"] == 2

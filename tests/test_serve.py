@@ -208,8 +208,10 @@ def test_pixel_limit_is_422(client: TestClient, predictor: Predictor, photo: byt
 # --------------------------------------------------------------------------- other routes
 
 
-def test_health_model_docs_and_page(client: TestClient) -> None:
+def test_health_model_docs_and_page(client: TestClient, predictor: Predictor) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
+    head = client.head("/healthz")
+    assert head.status_code == 200 and head.content == b""
     card = client.get("/v1/model").json()
     assert card["backbone"] == "resnet18" and card["image_size"] == 32 and card["age_head"] == "regression"
     assert card["labels"]["gender"] == ["male", "female"]
@@ -217,8 +219,12 @@ def test_health_model_docs_and_page(client: TestClient) -> None:
     assert len(card["training"]["data_fingerprint"]) >= 8
     assert 0 < card["calibration"]["age_interval"]["coverage"] < 1
     assert card["limits"]["max_upload_bytes"] == 10 * 1024 * 1024
-    docs = client.get("/docs")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # Swagger UI and ReDoc load their scripts from a CDN: off unless asked for; the description itself stays.
+    assert_error(client.get("/docs"), 404, "not_found")
+    assert_error(client.get("/redoc"), 404, "not_found")
+    with TestClient(create_app(predictor, docs=True)) as c:
+        docs = c.get("/docs")
+        assert docs.status_code == 200 and "swagger" in docs.text.lower()
     spec = client.get("/openapi.json").json()
     assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     page = client.get("/")

@@ -17,21 +17,16 @@ Layout (format version 1)::
 
 from __future__ import annotations
 
-import os
+import math
 import pickle
 import re
-import signal
-import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
 from agegender.data import GENDERS, RACES
 from agegender.model import AgeGenderNet, ModelConfig
+from agegender.outputs import atomic_write, interrupts_held  # noqa: F401 - interrupts_held is re-exported
 
 FORMAT = "agegender"
 FORMAT_VERSION = 1
@@ -67,55 +62,6 @@ def make_checkpoint(model: AgeGenderNet, training: dict | None = None, **resume_
     }
 
 
-@contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C until the block has finished, then raise ``KeyboardInterrupt``.
-
-    Why: a KeyboardInterrupt inside ``torch.save`` is masked by the RuntimeError its zip writer then raises
-    on close, and a block that writes several files must finish or not start. Only in the main thread and
-    only over Python's default handler (anything else installed, e.g. by the service, is left alone);
-    nested blocks are held by the outermost one.
-    """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temporary file in ``path``'s folder, fsync, then rename it to ``path``: a crash
-    never leaves a torn file where a good one was, and a failed write leaves the old file untouched. Ctrl-C
-    during the write takes effect once the file is in place (:func:`interrupts_held`)."""
-    with interrupts_held():
-        _atomic_write(Path(path), write)
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(ckpt: dict, path: str | Path) -> None:
     """Write ``ckpt`` atomically (see :func:`atomic_write`)."""
     atomic_write(path, lambda f: torch.save(ckpt, f))
@@ -129,15 +75,19 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch words this differently across versions: "Unsupported global: GLOBAL x.y", "unsupported GLOBAL
+        # x.y whose module x is blocked", or an opcode the safe unpickler does not allow at all.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found is None:
-            raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file?)") from e
+            raise CheckpointError(f"{path} is not a readable checkpoint (truncated, not a torch file, or holding "
+                                  "more than tensors and plain data)") from e
         raise CheckpointError(
             f"{path} refused: it would import {found[1]} when loaded, which could run code. agegender checkpoints "
             "hold only tensors and plain data; only use checkpoints from sources you trust."
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file?): {e}") from e
+    except (RuntimeError, EOFError, OSError, ValueError, MemoryError) as e:
+        reason = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file?): {reason}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an agegender checkpoint")
     version = ckpt.get("format_version")
@@ -149,7 +99,37 @@ def load_checkpoint(path: str | Path) -> dict:
     for key in ("model_config", "model_state"):
         if key not in ckpt:
             raise CheckpointError(f"{path} lacks {key!r}")
+    check_contents(ckpt, path)
     return ckpt
+
+
+def _positive_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def check_contents(ckpt: dict, source: str | Path) -> None:
+    """Refuse a checkpoint (or an export's metadata) whose parts do not have the types every consumer relies
+    on: a crafted file may put a list where the weights go or a string where the interval's scale goes."""
+    state = ckpt.get("model_state", {})
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{source}: model_state is not a mapping of parameter names to tensors")
+    for key in ("model_config", "calibration", "inference", "training"):
+        if not isinstance(ckpt.get(key, {}), dict):
+            raise CheckpointError(f"{source}: {key} is not a mapping (got {type(ckpt[key]).__name__})")
+    interval = ckpt.get("calibration", {}).get("age_interval")
+    if interval is not None and not (isinstance(interval, dict) and _positive_number(interval.get("scale"))
+                                     and _positive_number(interval.get("coverage")) and interval["coverage"] < 1):
+        raise CheckpointError(f"{source}: calibration.age_interval needs a finite scale > 0 and a coverage in (0, 1)")
+
+
+def check_resumable(ckpt: dict, path: str | Path) -> None:
+    """``ckpt`` holds what ``train --resume`` continues from (a run's last.pt, not a best.pt or an export)."""
+    missing = [k for k in ("optimizer_state", "scheduler_state", "rng_state") if k not in ckpt]
+    training = ckpt.get("training", {})
+    if missing or not isinstance(training.get("epoch"), int) or not isinstance(training.get("config"), dict):
+        raise CheckpointError(f"{path} cannot be resumed: it lacks the optimiser state and run config that a "
+                              "run's last.pt holds (a best.pt, or a file from elsewhere?)")
 
 
 def model_from_checkpoint(ckpt: dict) -> AgeGenderNet:

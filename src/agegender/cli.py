@@ -7,20 +7,50 @@ written); 2 a user error (bad arguments, data, checkpoint or weights: one line s
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
 import sys
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
+
+from agegender.outputs import check_folder, check_writable
 
 log = logging.getLogger("agegender")
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """An argparse type: a finite ``kind`` (int or float) within ``low``..``high`` (``low`` excluded if
+    ``low_open``); anything else is a one-line usage error."""
+    bounds = (f"> {low}" if low_open else f">= {low}") if high is None else f"{low}-{high}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} {bounds}, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) or (
+                high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} {bounds}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -114,6 +144,14 @@ def _add_model_options(p: argparse.ArgumentParser, device: str) -> None:
                    help="run the network with torch (default) or onnxruntime (a .onnx --model implies onnx)")
 
 
+def _add_max_faces(p: argparse.ArgumentParser, what_then: str) -> None:
+    from agegender.predictor import DEFAULT_MAX_FACES
+
+    p.add_argument("--max-faces", type=_number(int, 1), default=DEFAULT_MAX_FACES,
+                   help=f"predict at most this many faces per photo, the largest (default {DEFAULT_MAX_FACES}); "
+                   + what_then)
+
+
 def _add_face_policy(p: argparse.ArgumentParser) -> None:
     from agegender.sources import FACE_POLICIES
 
@@ -144,16 +182,17 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                    "folder not named the UTKFace way; only the figures its labels allow are reported")
     e.add_argument("--detect", action="store_true", help="images are uncropped photos: detect and align faces")
     _add_face_policy(e)
-    e.add_argument("--min-face", type=int, default=20, help="with --detect: smallest face side to look for, pixels "
-                   "(default 20; loose face crops can use a larger value, which is faster)")
+    e.add_argument("--min-face", type=_number(int, 1), default=20,
+                   help="with --detect: smallest face side to look for, pixels (default 20; loose face crops can use "
+                   "a larger value, which is faster)")
     e.add_argument("--degrade", action="store_true", help="score a fixed degraded copy of each face (greyscale, "
                    "a third of the size, blurred, JPEG quality 30): robustness to poor photos")
     e.add_argument("--split-file", help="a run's split.csv, to evaluate one subset")
     e.add_argument("--subset", default="test", choices=SUBSETS, help="subset (default test)")
     e.add_argument("--out", required=True, help="REPORT.json to write")
     e.add_argument("--predictions", help="PREDS.csv to write (default: beside REPORT.json)")
-    e.add_argument("--batch-size", type=int, default=128)
-    e.add_argument("--num-workers", type=int, default=-1)
+    e.add_argument("--batch-size", type=_number(int, 1), default=128)
+    e.add_argument("--num-workers", type=_number(int, -1), default=-1, help="loader processes, -1 = automatic")
     _add_model_options(e, "auto")
     _add_common(e)
 
@@ -170,10 +209,12 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="PREDS.csv or PREDS.json")
     p.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
     p.add_argument("--annotate", metavar="DIR", help="also write each photo with boxes and labels drawn into DIR")
-    p.add_argument("--min-face", type=int, default=20, help="smallest face side to look for, pixels (default 20)")
-    p.add_argument("--det-threshold", type=float, default=0.7,
+    p.add_argument("--min-face", type=_number(int, 1), default=20,
+                   help="smallest face side to look for, pixels (default 20)")
+    p.add_argument("--det-threshold", type=_number(float, 0, 1), default=0.7,
                    help="minimum detector score of the final stage (default 0.7)")
-    p.add_argument("--batch-size", type=int, default=64)
+    _add_max_faces(p, "a photo with more gets a faces_dropped row")
+    p.add_argument("--batch-size", type=_number(int, 1), default=64)
     _add_model_options(p, "cpu")
     _add_common(p)
 
@@ -186,7 +227,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
                        "metadata. Opset 17 by default (onnxruntime >= 1.14).")
     x.add_argument("--model", help="checkpoint (default: the bundled model)")
     x.add_argument("--out", required=True, help="model.onnx to write")
-    x.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    x.add_argument("--opset", type=_number(int, 9, 20), default=17, help="ONNX opset, 9-20 (default 17)")
     _add_common(x)
 
 
@@ -196,20 +237,34 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                        "(needs the serve extras: pip install 'agegender[serve]').")
     p.add_argument("--model", help="checkpoint (default: the bundled model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="prediction threads (default 1)")
-    p.add_argument("--max-queue", type=int, default=8, help="requests that may wait for a thread (default 8)")
-    p.add_argument("--max-upload-mb", type=float, default=10, help="largest upload in MiB (default 10)")
-    p.add_argument("--timeout", type=float, default=30, help="seconds before a request fails with 504 (default 30)")
+    p.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="port, 0 = any free one (default 8000)")
+    p.add_argument("--workers", type=_number(int, 1, 256), default=1, help="prediction threads (default 1)")
+    p.add_argument("--max-queue", type=_number(int, 0), default=8,
+                   help="requests that may wait for a thread (default 8)")
+    p.add_argument("--max-upload-mb", type=_number(float, 0, low_open=True), default=10,
+                   help="largest upload in MiB (default 10)")
+    p.add_argument("--timeout", type=_number(float, 0, low_open=True), default=30,
+                   help="seconds before a request fails with 504; its work stops at the next step (default 30)")
+    _add_max_faces(p, "the answer says how many were found")
+    p.add_argument("--header-timeout", type=_number(float, 0, low_open=True), default=10,
+                   help="seconds a client may take to send a request's headers before the connection is closed "
+                   "(default 10)")
+    p.add_argument("--allowed-hosts", default="auto",
+                   help="comma-separated host names the Host header may carry, * for any; auto (default): "
+                   "localhost, 127.0.0.1 and ::1 when --host is a loopback address, else any")
+    p.add_argument("--docs", action="store_true",
+                   help="serve /docs and /redoc (Swagger UI and ReDoc, which load their scripts from a CDN); "
+                   "/openapi.json is always served")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     _add_common(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="agegender",
         description="Estimate age (years) and gender from face images: train, evaluate and predict.",
-        epilog="Exit status: 0 ok, 1 some inputs unreadable (rest done), 2 user error, 130 interrupted.",
+        epilog="Exit status: 0 ok, 1 some inputs skipped (rest done), 2 user error, 3 internal error (a bug), "
+        "130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train_parser, _add_evaluate_parser, _add_predict_parser, _add_export_parser,
@@ -229,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
                 "serve": cmd_serve}
+    # Pillow warns about every odd EXIF tag of a hostile file; the gate (images.open_image) already reports
+    # what matters in one line per file. Set once for the process, never toggled (toggling is not thread-safe).
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")  # refused by the gate
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
@@ -236,8 +295,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except (DataError, CheckpointError, PretrainedWeightsError, ImageReadError, NonFiniteLossError,
             FileNotFoundError, ValueError) as e:
-        log.error("%s", e)
+        log.error("%s", _one_line(e))
         return EXIT_USAGE
+    except OSError as e:  # the machine said no: permissions, a full disk, a missing device
+        log.error("%s", _one_line(e))
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback with -v, and a code of its own
+        log.error("internal error, please report it: %s: %s (run with -v for the traceback)", type(e).__name__,
+                  _one_line(e))
+        log.debug("traceback", exc_info=True)
+        return EXIT_BUG
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -255,10 +326,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             log.info("--resume: using %s, not --config %s", run_config, config)
         config = str(run_config)
     cfg = TrainConfig.from_sources(config, flags)
+    check_folder(cfg.out, "--out")  # now, not after the first epoch
     summary = fit(cfg, resume=args.resume, progress=not args.quiet)
     best = summary.get("best", {})
     log.info("done: %s (best %s %s)", Path(cfg.out) / "best.pt", best.get("metric", "validation score"),
              best.get("value"))
+    if summary.get("unreadable_images"):
+        log.warning("%d images could not be read and were left out (each is named above)",
+                    summary["unreadable_images"])
+        return EXIT_PARTIAL
     return EXIT_OK
 
 
@@ -285,9 +361,11 @@ def _evaluation_records(args: argparse.Namespace) -> tuple[list, str, int]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from agegender.checkpoint import resolve_model_path
-    from agegender.evaluate import evaluate, headline, write_report
+    from agegender.evaluate import evaluate, headline, predictions_path, write_report
     from agegender.predictor import Predictor
 
+    check_writable(args.out, "--out")
+    check_writable(predictions_path(args.out, args.predictions), "--predictions")
     model_path = resolve_model_path(args.model)
     predictor = Predictor.from_checkpoint(model_path, device=args.device, flip_tta=args.tta, runtime=args.runtime)
     records, scope, skipped_labels = _evaluation_records(args)
@@ -298,6 +376,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "skipped_labels": skipped_labels}
     write_report(df, rep, args.out, args.predictions, scope)
     log.info("%s -> %s", headline(rep), args.out)
+    skipped = rep["meta"]["skipped_unreadable_or_no_face"]
+    if skipped:
+        log.warning("%d of %d images were left out: unreadable, or without a usable face (each is named above)",
+                    skipped, len(records))
+        return EXIT_PARTIAL
     return EXIT_OK
 
 
@@ -305,6 +388,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from agegender.checkpoint import resolve_model_path
     from agegender.export import export_checkpoint
 
+    check_writable(args.out, "--out")
     out = export_checkpoint(resolve_model_path(args.model), args.out, args.opset)
     log.info("wrote %s", out)
     return EXIT_OK
@@ -312,23 +396,29 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
         from agegender.serve import create_app
+        from agegender.serve_http import allowed_hosts, listen, serve
     except ImportError:
         log.error("agegender serve needs the serve extras: pip install 'agegender[serve]'")
         return EXIT_USAGE
     from agegender.checkpoint import resolve_model_path
     from agegender.predictor import Predictor
 
-    path = resolve_model_path(args.model)
-    predictor = Predictor.from_checkpoint(path, device=args.device)
-    app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout_s=args.timeout,
-                     max_queue=args.max_queue, workers=args.workers, model_name=path.name)
-    log.info("model %s (%s); http://%s:%d/", path, predictor.model.config.backbone, args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None,
-                log_level="warning" if args.quiet else "info")
-    return EXIT_OK
+    hosts = allowed_hosts(args.allowed_hosts, args.host)
+    sock = listen(args.host, args.port)  # a taken port or a bad address is said now, before the model loads
+    try:
+        path = resolve_model_path(args.model)
+        predictor = Predictor.from_checkpoint(path, device=args.device)
+        app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout_s=args.timeout,
+                         max_queue=args.max_queue, workers=args.workers, model_name=path.name,
+                         max_faces=args.max_faces, allowed_hosts=hosts, docs=args.docs)
+        port = sock.getsockname()[1]
+        log.info("model %s (%s); http://%s:%d/ (Host names answered: %s)", path, predictor.model.config.backbone,
+                 args.host, port, ", ".join(hosts) if hosts else "any")
+        started = serve(app, sock, args.header_timeout, args.quiet)
+    finally:
+        sock.close()
+    return EXIT_OK if started else EXIT_USAGE
 
 
 def _expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -380,9 +470,23 @@ def _predict_files(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str
     return files, errors
 
 
+@dataclass
+class _Results:
+    """What predict has so far: its output rows, the inputs it could not (fully) use, annotated names taken."""
+
+    rows: list[dict] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    annotated: set[str] = field(default_factory=set)
+
+    def problem(self, file: Path | str, why: str, status: str = "error") -> None:
+        self.problems.append((str(file), why))
+        self.rows.append({"file": str(file), "status": status, "error": why})
+
+
 def _predict_batch(predictor, files: list[Path], args: argparse.Namespace, annotate_dir: Path | None,
-                   rows: list[dict], errors: list[tuple[str, str]]) -> None:
-    """Predict one batch of ``files``, appending a row per face (or per problem) to ``rows``."""
+                   res: _Results) -> None:
+    """Predict one batch of ``files``, adding a row per face (or per problem) to ``res``. A file the model
+    cannot take costs only its own rows: the batch is retried one file at a time."""
     from agegender.images import ImageReadError, open_image
 
     chunk, images = [], []
@@ -391,73 +495,118 @@ def _predict_batch(predictor, files: list[Path], args: argparse.Namespace, annot
             images.append(open_image(f))
             chunk.append(f)
         except ImageReadError as e:
-            errors.append((str(f), str(e)))
-            rows.append({"file": str(f), "status": "error", "error": str(e)})
+            res.problem(f, str(e))
+    try:
+        _predict_images(predictor, chunk, images, args, annotate_dir, res)
+    except Exception as e:  # noqa: BLE001 - isolate the input that broke the batch; the others keep their rows
+        if len(chunk) == 1:
+            log.debug("prediction failed for %s", chunk[0], exc_info=True)
+            res.problem(chunk[0], f"prediction failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+            return
+        for f, image in zip(chunk, images, strict=True):
+            try:
+                _predict_images(predictor, [f], [image], args, annotate_dir, res)
+            except Exception as e1:  # noqa: BLE001 - as above
+                log.debug("prediction failed for %s", f, exc_info=True)
+                res.problem(f, f"prediction failed: {type(e1).__name__}: {' '.join(str(e1).split())[:300]}")
+
+
+def _predict_images(predictor, files: list[Path], images: list, args: argparse.Namespace,
+                    annotate_dir: Path | None, res: _Results) -> None:
+    """Rows for decoded ``images``; added to ``res`` only once the whole batch is predicted."""
     if not images:
         return
     if args.aligned:
-        rows.extend(_row(f, pred.to_dict()) for f, pred in zip(chunk, predictor.predict(images, len(images)),
-                                                                strict=True))
+        preds = predictor.predict(images, len(images))
+        res.rows.extend(_row(f, p.to_dict()) for f, p in zip(files, preds, strict=True))
         return
-    for f, img, faces in zip(chunk, images, predictor.predict_faces(images, len(images)), strict=True):
-        rows.extend(_row(f, face.to_dict()) for face in faces)
-        if not faces:
-            rows.append({"file": str(f), "status": "no_face"})
+    photos = predictor.predict_photos(images, len(images), max_faces=args.max_faces)
+    for f, img, photo in zip(files, images, photos, strict=True):
+        res.rows.extend(_row(f, face.to_dict()) for face in photo.faces)
+        if not photo.found:
+            res.rows.append({"file": str(f), "status": "no_face"})
+        if photo.dropped:
+            res.problem(f, f"{photo.found} faces found; the {len(photo.faces)} largest were predicted "
+                        f"(--max-faces {args.max_faces})", status="faces_dropped")
         if annotate_dir:
-            from agegender.annotate import draw_faces
+            _annotate(img, photo.faces, f, annotate_dir, res)
 
-            draw_faces(img, faces).save(annotate_dir / f"{Path(f).stem}_annotated.jpg", quality=92)
+
+def _annotate(image, faces: list, file: Path, folder: Path, res: _Results) -> None:
+    """Write ``image`` with ``faces`` drawn into ``folder``, under a name no other input of this run has."""
+    from agegender.annotate import draw_faces
+    from agegender.outputs import atomic_write, unique_name
+
+    target = folder / unique_name(Path(file).stem, "_annotated.jpg", res.annotated)
+    try:
+        drawn = draw_faces(image, faces)
+        atomic_write(target, lambda f: drawn.save(f, "JPEG", quality=92))
+    except OSError as e:
+        res.problems.append((str(file), f"annotated copy {target} not written: {e.strerror or e}"))
 
 
 def _write_predictions(rows: list[dict], out_path: Path) -> None:
+    import json
+
     import pandas as pd
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    from agegender.outputs import write_csv, write_json
+
     if out_path.suffix.lower() == ".json":
-        out_path.write_text(json.dumps([{k: v for k, v in r.items() if v is not None} for r in rows], indent=2))
+        write_json([{k: v for k, v in r.items() if v is not None} for r in rows], out_path)
         return
     df = pd.DataFrame(rows, columns=PREDICT_COLUMNS)
     df["landmarks"] = df["landmarks"].map(lambda v: json.dumps(v) if isinstance(v, list) else "")
     df["face"] = df["face"].astype("Int64")
-    df.to_csv(out_path, index=False)
+    write_csv(df, out_path)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from agegender.checkpoint import resolve_model_path
+    from agegender.engine import resolve_device
     from agegender.predictor import Predictor
 
     out_path = Path(args.out)
     if out_path.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out must end in .csv or .json, got {out_path.name}")
+    check_writable(out_path, "--out")  # now, not after every photo is done
+    annotate_dir = check_folder(args.annotate, "--annotate") if args.annotate else None
+    device = resolve_device(args.device)
     detector = None
     if not args.aligned:
         from agegender.faces import FaceDetector
 
         detector = FaceDetector(min_face_size=args.min_face, thresholds=(0.6, 0.7, args.det_threshold),
-                                device=args.device)
-    predictor = Predictor.from_checkpoint(resolve_model_path(args.model), device=args.device, flip_tta=args.tta,
+                                device=device)
+    predictor = Predictor.from_checkpoint(resolve_model_path(args.model), device=str(device), flip_tta=args.tta,
                                           detector=detector, runtime=args.runtime)
-    annotate_dir = Path(args.annotate) if args.annotate else None
-    if annotate_dir:
-        annotate_dir.mkdir(parents=True, exist_ok=True)
-    files, errors = _predict_files(args)
-    rows: list[dict] = [{"file": f, "status": "error", "error": why} for f, why in errors]
-    with tqdm(total=len(files), desc="predict", unit="img", disable=True if args.quiet else None,
-              dynamic_ncols=True) as bar:
-        for start in range(0, len(files), args.batch_size):
-            batch = files[start : start + args.batch_size]
-            _predict_batch(predictor, batch, args, annotate_dir, rows, errors)
-            bar.update(len(batch))
-    for f, why in errors:
-        log.warning("could not read %s: %s", f, why)
-    _write_predictions(rows, out_path)
-    n_faces = sum(r["status"] == "ok" for r in rows)
-    n_no_face = sum(r["status"] == "no_face" for r in rows)
-    log.info("%d files: %d faces, %d without a face, %d errors -> %s", len(files), n_faces, n_no_face, len(errors),
-             out_path)
-    return EXIT_PARTIAL if errors else EXIT_OK
+    files, missing = _predict_files(args)
+    res = _Results()
+    for f, why in missing:
+        res.problem(f, why)
+    done = 0
+    try:
+        with tqdm(total=len(files), desc="predict", unit="img", disable=True if args.quiet else None,
+                  dynamic_ncols=True) as bar:
+            for start in range(0, len(files), args.batch_size):
+                batch = files[start : start + args.batch_size]
+                _predict_batch(predictor, batch, args, annotate_dir, res)
+                done += len(batch)
+                bar.update(len(batch))
+    finally:
+        # Whatever stops the run (Ctrl-C included), the rows already computed are written.
+        _write_predictions(res.rows, out_path)
+        if done < len(files):
+            log.warning("stopped after %d of %d files; their rows are in %s", done, len(files), out_path)
+    for f, why in res.problems:
+        log.warning("%s", why if why.startswith(f) else f"{f}: {why}")
+    n_faces = sum(r["status"] == "ok" for r in res.rows)
+    n_no_face = sum(r["status"] == "no_face" for r in res.rows)
+    log.info("%d files: %d faces, %d without a face, %d problems -> %s", len(files), n_faces, n_no_face,
+             len(res.problems), out_path)
+    return EXIT_PARTIAL if res.problems else EXIT_OK
 
 
 if __name__ == "__main__":

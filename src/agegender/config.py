@@ -11,7 +11,7 @@ import yaml
 
 from agegender.cache import CACHE_MODES
 from agegender.losses import AGE_LOSSES
-from agegender.model import BACKBONES
+from agegender.model import BACKBONES, MAX_HEAD_HIDDEN, MAX_IMAGE_SIZE
 from agegender.sources import FACE_POLICIES, Source, parse_source, parse_split
 
 OPTIMIZERS = ("adam", "adamw")
@@ -118,7 +118,11 @@ class TrainConfig:
         need(self.epochs >= 1, "--epochs must be >= 1")
         need(self.batch_size >= 1, "--batch-size must be >= 1")
         need(self.lr > 0, "--lr must be > 0")
-        need(self.image_size is None or self.image_size >= 16, "--image-size must be >= 16")
+        need(self.image_size is None or 16 <= self.image_size <= MAX_IMAGE_SIZE,
+             f"--image-size must be 16-{MAX_IMAGE_SIZE}")
+        need(1 <= self.head_hidden <= MAX_HEAD_HIDDEN, f"--head-hidden must be 1-{MAX_HEAD_HIDDEN}")
+        need(0 <= self.dropout < 1, "--dropout must be in [0, 1)")
+        need(self.num_workers >= -1, "--num-workers must be >= -1 (-1 = automatic)")
         need(self.crop_pct is None or 0 < self.crop_pct <= 1, "crop_pct must be in (0, 1]")
         need(self.limit >= 0, "--limit must be >= 0")
         need(0 <= self.ema < 1, "ema must be in [0, 1)")
@@ -135,8 +139,13 @@ class TrainConfig:
         """Defaults, updated by the YAML file, updated by ``overrides`` (flags the user actually gave)."""
         values: dict = {}
         if yaml_path:
-            with open(yaml_path) as f:
-                loaded = yaml.safe_load(f) or {}
+            try:
+                with open(yaml_path) as f:
+                    loaded = yaml.safe_load(f) or {}
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+                # safe_load refuses tags such as !!python/object; say so in one line, without yaml's context.
+                reason = " ".join(str(getattr(e, "problem", None) or getattr(e, "strerror", None) or e).split())
+                raise ValueError(f"{yaml_path}: not a readable YAML file of options: {reason}") from None
             if not isinstance(loaded, dict):
                 raise ValueError(f"{yaml_path}: expected a mapping of option: value")
             values.update(loaded)
@@ -159,5 +168,7 @@ class TrainConfig:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        with open(path, "w") as f:
-            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+        from agegender.outputs import atomic_write
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        atomic_write(path, lambda f: f.write(text.encode()))

@@ -15,14 +15,30 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stops so a bad update never reaches a checkpoint."""
 
 
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """The device ``name`` (auto: CUDA, else MPS, else the CPU); ValueError, with what to use instead, for a
+    name torch does not know or a device this machine does not have."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        return torch.device("mps" if _mps_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA GPU is available here; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not _mps_available():
+        raise ValueError(f"device {name!r}: MPS is not available here; use --device cpu (or auto)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
+    return device
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -59,7 +75,8 @@ def train_one_epoch(
     seen = 0
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=None if progress else True, dynamic_ncols=True)
     for batch in bar:
-        if batch is None:
+        # BatchNorm cannot train on one image: a batch that unreadable files left with one (or none) is skipped.
+        if batch is None or len(batch[0]) < 2:
             continue
         images, targets, _ = batch
         images = images.to(device, non_blocking=True)

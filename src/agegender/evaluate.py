@@ -6,7 +6,6 @@ comes from the same code.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,17 +101,23 @@ def evaluate(predictor: Predictor, root: str | Path, records: Sequence[Record], 
     return df, rep
 
 
+def predictions_path(out: str | Path, predictions: str | Path | None = None) -> Path:
+    """Where :func:`write_report` writes the predictions: ``predictions``, else ``<out stem>_preds.csv``."""
+    out = Path(out)
+    return Path(predictions) if predictions else out.with_name(out.stem + "_preds.csv")
+
+
 def write_report(df: pd.DataFrame, rep: dict, out: str | Path, predictions: str | Path | None = None,
                  title: str = "") -> Path:
     """``out`` (REPORT.json), the predictions CSV (default ``<out stem>_preds.csv`` beside it) and, where there
     are ages, a scatter plot and the error by age bucket. Returns the predictions path."""
-    from agegender.checkpoint import atomic_write
+    from agegender.outputs import write_csv, write_json
     from agegender.plots import age_scatter, mae_by_bucket
 
     out = Path(out)
-    preds_path = Path(predictions) if predictions else out.with_name(out.stem + "_preds.csv")
-    atomic_write(preds_path, lambda f: f.write(df.to_csv(index=False).encode()))
-    atomic_write(out, lambda f: f.write(json.dumps(rep, indent=2).encode()))
+    preds_path = predictions_path(out, predictions)
+    write_csv(df, preds_path)
+    write_json(rep, out)
     known_age = df["age_true"].notna()
     if "age_mae" in rep:
         age_scatter(df[known_age], out.with_name(out.stem + "_age_scatter.png"),

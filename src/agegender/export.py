@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agegender.checkpoint import CheckpointError, atomic_write
+from agegender.checkpoint import CheckpointError, atomic_write, check_contents
 from agegender.model import AgeGenderNet, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,11 @@ class OnnxModel:
         out: dict[str, Any] = {"model_config": self.config.to_dict(), "format": "onnx"}
         for key in ("calibration", "inference"):
             if key in self.metadata:
-                out[key] = json.loads(self.metadata[key])
+                try:
+                    out[key] = json.loads(self.metadata[key])
+                except ValueError as e:
+                    raise CheckpointError(f"{self.path}: metadata entry {key!r} is not JSON: {e}") from None
+        check_contents(out, self.path)
         return out
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ boxes over an image pyramid, R-Net rejects most of them, O-Net scores the rest a
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,21 @@ class Face:
     box: tuple[float, float, float, float]
     score: float
     landmarks: tuple[tuple[float, float], ...]
+
+    @property
+    def area(self) -> float:
+        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
+
+
+def largest(faces: Sequence[Face], n: int) -> list[Face]:
+    """The ``n`` largest of ``faces`` (by box area), in their original order.
+
+    >>> faces = [Face((0, 0, w, w), 0.9, ()) for w in (10, 30, 20)]
+    >>> [f.box[2] for f in largest(faces, 2)]
+    [30, 20]
+    """
+    keep = sorted(sorted(range(len(faces)), key=lambda i: faces[i].area, reverse=True)[:n])
+    return [faces[i] for i in keep]
 
 
 # --------------------------------------------------------------------------- networks
@@ -242,9 +257,10 @@ class FaceDetector:
         self.device = torch.device(device)
         self.pnet, self.rnet, self.onet = load_networks(self.device)
 
-    def detect(self, image: Image.Image | np.ndarray) -> list[Face]:
+    def detect(self, image: Image.Image | np.ndarray, check: Callable[[], None] | None = None) -> list[Face]:
         """Faces in ``image`` (an RGB or greyscale PIL image, or an (H, W, 3) or (H, W) uint8 array), best score
-        first; an empty list when there is none."""
+        first; an empty list when there is none. ``check`` is called between the three stages (a crowded photo
+        takes seconds each) and may raise to stop the work."""
         pixels = as_rgb_array(image)
         h, w = pixels.shape[:2]
         sx = sy = 1.0
@@ -255,18 +271,19 @@ class FaceDetector:
             sx, sy = w / small[0], h / small[1]
         tensor = torch.tensor(pixels, dtype=torch.float32, device=self.device).permute(2, 0, 1)
         with torch.inference_mode():
-            boxes, points = self._cascade(tensor)
+            boxes, points = self._cascade(tensor, check or (lambda: None))
         faces = [
             Face((b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy), b[4], tuple((x * sx, y * sy) for x, y in pts))
             for b, pts in zip(boxes.tolist(), points.tolist(), strict=True)
         ]
         return sorted(faces, key=lambda f: f.score, reverse=True)
 
-    def _cascade(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cascade(self, image: torch.Tensor, check: Callable[[], None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the three stages on ``image`` (3, H, W) float in [0, 255]; returns boxes (K, 5) with score in
         column 4 and landmarks (K, 5, 2)."""
         no_faces = image.new_zeros((0, 5)), image.new_zeros((0, 5, 2))
         boxes = self._propose(image)
+        check()
         if len(boxes) == 0:
             return no_faces
 
@@ -281,6 +298,7 @@ class FaceDetector:
         offsets = offsets[passed]
         keep = nms(boxes[:, :4], boxes[:, 4], 0.7)
         boxes = _square(_regress(boxes[keep], offsets[keep]))
+        check()
         if len(boxes) == 0:
             return no_faces
 
@@ -419,8 +437,11 @@ class AlignedFaceLoader:
             self._detector = FaceDetector(min_face_size=self.min_face_size)
         faces = self._detector.detect(image)
         if not faces:
-            raise ImageReadError(f"{path}: no face found")
+            raise ImageReadError(f"{path}: no face found", "no_face")
         if len(faces) > 1 and self.policy == "single":
-            raise ImageReadError(f"{path}: {len(faces)} faces found (use --face largest to take the largest)")
-        face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-        return align(image, face.landmarks)
+            raise ImageReadError(f"{path}: {len(faces)} faces found (use --face largest to take the largest)",
+                                 "several_faces")
+        try:
+            return align(image, largest(faces, 1)[0].landmarks)
+        except ValueError as e:  # degenerate landmarks (all on one point) leave no transform to apply
+            raise ImageReadError(f"{path}: the face cannot be aligned: {e}", "no_face") from e

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +18,9 @@ from agegender.model import AgeGenderNet
 from agegender.transforms import eval_preset
 
 RUNTIMES = ("torch", "onnx")
+# Faces predicted per photo by default in predict and the service: a crowd photo costs seconds per face, far
+# beyond what a portrait needs; the largest are kept and the answer says how many were found.
+DEFAULT_MAX_FACES = 50
 
 
 def _exported(checkpoint: Path) -> Path:
@@ -62,6 +65,19 @@ class FacePrediction:
     def to_dict(self) -> dict:
         return {"face": self.index, "box": [round(v, 1) for v in self.box], "det_score": round(self.det_score, 4),
                 "landmarks": [[round(x, 1), round(y, 1)] for x, y in self.landmarks], **self.prediction.to_dict()}
+
+
+@dataclass(frozen=True)
+class PhotoPrediction:
+    """The faces predicted in one photo; ``found`` counts every face detected, so ``found - len(faces)`` faces
+    were left out by a ``max_faces`` cap (the smallest ones)."""
+
+    faces: list[FacePrediction]
+    found: int
+
+    @property
+    def dropped(self) -> int:
+        return self.found - len(self.faces)
 
 
 class Predictor:
@@ -139,22 +155,37 @@ class Predictor:
     def predict_faces(self, images: Sequence[ImageInput], batch_size: int = 64) -> list[list[FacePrediction]]:
         """Detect every face in each photo, align it to UTKFace's framing, and predict; one list per photo
         (empty where no face was found)."""
-        from agegender.faces import UTKFACE_SIZE, align
+        return [photo.faces for photo in self.predict_photos(images, batch_size)]
 
-        found, crops = [], []
+    def predict_photos(self, images: Sequence[ImageInput], batch_size: int = 64, max_faces: int | None = None,
+                       check: Callable[[], None] | None = None) -> list[PhotoPrediction]:
+        """As :meth:`predict_faces`, with a bound on the work: at most ``max_faces`` faces per photo (the
+        largest) are aligned and predicted, and ``check`` is called between steps and may raise to stop."""
+        from agegender.faces import UTKFACE_SIZE, align, largest
+
+        if max_faces is not None and max_faces < 1:
+            raise ValueError(f"max_faces must be >= 1 or None, got {max_faces}")
+        check = check or (lambda: None)
+        found, kept, crops = [], [], []
         for image in images:
+            check()
             pil = as_pil(image)
-            faces = self.detector.detect(pil)
-            found.append(faces)
-            crops.extend(align(pil, f.landmarks, UTKFACE_SIZE) for f in faces)
-        preds = iter(self.predict(crops, batch_size) if crops else [])
-        return [[FacePrediction(i, f.box, f.score, f.landmarks, next(preds)) for i, f in enumerate(faces)]
-                for faces in found]
+            faces = self.detector.detect(pil, check)
+            found.append(len(faces))
+            kept.append(faces if max_faces is None else largest(faces, max_faces))
+            crops.extend(align(pil, f.landmarks, UTKFACE_SIZE) for f in kept[-1])
+        preds = iter(self.predict(crops, batch_size, check) if crops else [])
+        return [PhotoPrediction([FacePrediction(i, f.box, f.score, f.landmarks, next(preds))
+                                 for i, f in enumerate(faces)], n) for faces, n in zip(kept, found, strict=True)]
 
-    def predict(self, images: Sequence[ImageInput], batch_size: int = 64) -> list[Prediction]:
-        """One :class:`Prediction` per image (PIL images, paths, encoded bytes or HxWx3 uint8 arrays)."""
+    def predict(self, images: Sequence[ImageInput], batch_size: int = 64,
+                check: Callable[[], None] | None = None) -> list[Prediction]:
+        """One :class:`Prediction` per image (PIL images, paths, encoded bytes or HxWx3 uint8 arrays);
+        ``check`` is called before each batch and may raise to stop."""
         results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
+            if check is not None:
+                check()
             out = self.predict_tensor(self.preprocess(images[start : start + batch_size]))
             lows, highs = [None] * len(out["age"]), [None] * len(out["age"])
             if self.interval_scale is not None:

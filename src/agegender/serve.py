@@ -5,17 +5,19 @@ memory: the body is read with a byte limit and multipart is parsed on those byte
 Decoding and prediction run in a small thread pool off the event loop, behind a bounded queue.
 
 Status codes of ``POST /v1/predict`` (every error body is ``{"error": code, "detail": sentence}``):
-200 ok (``faces`` may be empty); 400 malformed request (bad multipart, no ``file`` field, empty body);
-413 upload larger than ``max_upload_bytes``; 415 not an image format PIL reads, or a request content type other
-than multipart/form-data, image/* or application/octet-stream; 422 an image over ``max_pixels`` (a decompression
-bomb) or a corrupt image of a known format; 503 queue full (with ``Retry-After``); 504 not done in ``timeout_s``.
+200 ok (``faces`` may be empty; at most ``max_faces``, the largest, with ``faces_found`` counting all);
+400 malformed request (bad multipart, no ``file`` field, empty body) or a Host not in ``allowed_hosts``;
+413 upload larger than ``max_upload_bytes``; 415 not an image of an accepted format
+(:data:`agegender.images.ACCEPTED_FORMATS`), or a request content type other than multipart/form-data, image/*
+or application/octet-stream; 422 an image over ``max_pixels`` (a decompression bomb) or a corrupt image of an
+accepted format; 503 queue full (with ``Retry-After``); 504 not done in ``timeout_s`` (the job then stops at its
+next step). Every upload goes through :func:`agegender.images.open_image`, the project's one decoding gate.
 
 This module is the web layer only (it needs the ``serve`` extras); ``agegender serve`` in :mod:`agegender.cli`
 loads the model and runs it with uvicorn.
 """
 
 import asyncio
-import io
 import logging
 import math
 import threading
@@ -30,12 +32,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from agegender.images import MAX_PIXELS, ImageReadError, open_image
-from agegender.predictor import Predictor
+from agegender.images import CORRUPT, EMPTY, MAX_PIXELS, TOO_LARGE, UNSUPPORTED, ImageReadError, open_image
+from agegender.predictor import DEFAULT_MAX_FACES, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +91,17 @@ class JobQueue:
 
 
 def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by None (JSON has neither)."""
+    """``value`` as plain JSON: NaN and infinities as None (JSON has neither), anything else that is not JSON
+    (a checkpoint may hold tensors anywhere) as its text."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {str(k): _finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
-    return value
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)[:200]
 
 
 def model_card(predictor: Predictor, model_id: str) -> dict:
@@ -111,44 +116,52 @@ def model_card(predictor: Predictor, model_id: str) -> dict:
         "training": {k: training[k] for k in ("epoch", "data_fingerprint", "best_val_age_mae", "torch_version")
                      if k in training},
     }
-    if "split" in training:
+    if isinstance(training.get("split"), dict):
         card["training"]["split"] = {k: v for k, v in training["split"].items() if k in ("fractions", "seed", "counts")}
     if "metrics" in training:
         card["training"]["last_epoch_metrics"] = training["metrics"]
-    card["training"] |= {k: v for k, v in training.items() if k.startswith("test")}
+    card["training"] |= {k: v for k, v in training.items() if str(k).startswith("test")}
     return _finite(card)
 
 
-def _probe_and_decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode ``data``, telling apart "not an image" (415) from "too many pixels" and "corrupt" (422)."""
+# How each kind of unusable image is answered (images.ImageReadError.kind).
+IMAGE_ERRORS = {EMPTY: (400, "empty_upload"), UNSUPPORTED: (415, "unsupported_image"),
+                TOO_LARGE: (422, "too_many_pixels"), CORRUPT: (422, "corrupt_image")}
+
+
+class JobCancelled(Exception):
+    """The request this job works for has been answered already (timeout): its work stops."""
+
+
+def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
+    """The uploaded image through the project's decoding gate; its refusals as 400/415/422 :class:`ApiError`."""
     if not data:
         raise ApiError(400, "empty_upload", "The upload is empty (0 bytes).")
     try:
-        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
-            w, h, fmt = *probe.size, probe.format
-    except UnidentifiedImageError:
-        raise ApiError(415, "unsupported_image", "The upload is not an image format this service reads "
-                       "(JPEG, PNG, WebP, BMP, GIF, TIFF, ...).") from None
-    except Image.DecompressionBombError as e:
-        raise ApiError(422, "too_many_pixels", f"The image is refused as a decompression bomb: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ApiError(422, "corrupt_image", f"The image header cannot be read: {e}") from None
-    if w * h > max_pixels:
-        raise ApiError(422, "too_many_pixels", f"The image is {w}x{h} pixels; the limit is {max_pixels:,} pixels.")
-    try:
         return open_image(data, max_pixels=max_pixels)
     except ImageReadError as e:
-        raise ApiError(422, "corrupt_image", f"The {fmt} image cannot be decoded: {e}") from None
+        status, code = IMAGE_ERRORS.get(e.kind, (422, "corrupt_image"))
+        raise ApiError(status, code, f"The upload cannot be used: {str(e).removeprefix('<bytes>: ')}.") from None
 
 
-def _predict_job(predictor: Predictor, data: bytes, max_pixels: int) -> dict:
-    """The CPU-bound part of a request, run in a worker thread."""
+def _predict_job(predictor: Predictor, data: bytes, limits: dict, cancelled: threading.Event) -> dict:
+    """The CPU-bound part of a request, run in a worker thread; it stops at its next step once ``cancelled``."""
+
+    def check() -> None:
+        if cancelled.is_set():
+            raise JobCancelled
+
     t0 = time.perf_counter()
-    image = _probe_and_decode(data, max_pixels)
+    image = decode_upload(data, limits["max_pixels"])
     t1 = time.perf_counter()
-    faces = predictor.predict_faces([image])[0]
+    try:
+        (photo,) = predictor.predict_photos([image], max_faces=limits["max_faces"], check=check)
+    except JobCancelled:
+        log.info("stopped the work of a timed-out request after %.1f s", time.perf_counter() - t0)
+        raise
     t2 = time.perf_counter()
-    return {"faces": [face.to_dict() for face in faces], "width": image.width, "height": image.height,
+    return {"faces": [face.to_dict() for face in photo.faces], "faces_found": photo.found,
+            "faces_dropped": photo.dropped, "width": image.width, "height": image.height,
             "timing_ms": {"decode": 1000 * (t1 - t0), "detect_predict": 1000 * (t2 - t1)}}
 
 
@@ -285,23 +298,26 @@ async def predict(request: Request) -> dict:
     state = request.app.state
     limits = state.limits
     media = media_type(request.headers.get("content-type", "application/octet-stream"))  # 415 before reading
+    cancelled = threading.Event()
     try:
         async with asyncio.timeout(limits["timeout_s"]):
             data = await read_image_upload(request, media, limits["max_upload_bytes"])
             try:
-                future = state.jobs.submit(_predict_job, state.predictor, data, limits["max_pixels"])
+                future = state.jobs.submit(_predict_job, state.predictor, data, limits, cancelled)
             except QueueFull:
                 raise ApiError(503, "busy", "The server is busy; retry shortly.",
                                {"Retry-After": str(RETRY_AFTER_S)}) from None
             result = await asyncio.wrap_future(future)  # a timeout cancels the job if it has not started
     except TimeoutError:
         raise ApiError(504, "timeout", f"The request took longer than {limits['timeout_s']:g} s.") from None
+    finally:
+        cancelled.set()  # a job still running for an answered request stops at its next step, freeing its slot
     result["timing_ms"]["total"] = 1000 * (time.perf_counter() - start)
     result["timing_ms"] = {k: round(v, 1) for k, v in result["timing_ms"].items()}
     return {"model": state.model_id, **result}
 
 
-@router.get("/healthz", summary="Liveness")
+@router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness")
 async def healthz() -> dict:
     return {"status": "ok"}
 
@@ -317,11 +333,43 @@ async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html")
 
 
+class AllowedHosts:
+    """ASGI middleware answering 400 to a request whose Host header names none of ``hosts``: with DNS
+    rebinding, a page of another site could otherwise read this service's answers through a browser."""
+
+    def __init__(self, app: Callable, hosts: list[str]) -> None:
+        self.app, self.hosts = app, {h.lower() for h in hosts}
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and host_name(scope) not in self.hosts:
+            await _error(400, "bad_host", "The Host header names a host this service does not answer for "
+                         "(see agegender serve --allowed-hosts).")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def host_name(scope: dict) -> str:
+    """The host of a request's Host header, without the port, lower case ("" when there is none).
+
+    >>> host_name({"headers": [(b"host", b"[::1]:8000")]}), host_name({"headers": [(b"host", b"LocalHost:80")]})
+    ('::1', 'localhost')
+    """
+    value = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1").strip().lower()
+    if value.startswith("["):
+        return value[1:].split("]")[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
 def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = MAX_PIXELS,
-               timeout_s: float = 30.0, max_queue: int = 8, workers: int = 1, model_name: str | None = None
+               timeout_s: float = 30.0, max_queue: int = 8, workers: int = 1, model_name: str | None = None,
+               max_faces: int | None = DEFAULT_MAX_FACES, allowed_hosts: list[str] | None = None, docs: bool = False
                ) -> FastAPI:
     """The web app around a loaded ``predictor``; ``model_name`` (e.g. the checkpoint's file name) goes into the
-    model id reported with every answer. ``app.state.jobs`` is the :class:`JobQueue` that runs the predictions."""
+    model id reported with every answer. ``app.state.jobs`` is the :class:`JobQueue` that runs the predictions.
+
+    ``max_faces``: faces predicted per photo at most (the largest; None: all). ``allowed_hosts``: Host names
+    answered (None: any). ``docs``: serve /docs and /redoc, whose pages load scripts from a CDN (off by
+    default: the service itself loads nothing from elsewhere); /openapi.json is always there."""
     cfg = predictor.model.config
     predictor.detector  # noqa: B018 - load the face detector now, once, not in the first request
     jobs = JobQueue(workers, max_queue)
@@ -331,14 +379,17 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, m
         yield
         jobs.shutdown()
 
-    app = FastAPI(title="agegender", version="1", lifespan=lifespan,
+    app = FastAPI(title="agegender", version="1", lifespan=lifespan, docs_url="/docs" if docs else None,
+                  redoc_url="/redoc" if docs else None,
                   description="Age and gender of the faces in a photo. Errors are "
                   '`{"error": code, "detail": sentence}`.')
     app.state.predictor, app.state.jobs = predictor, jobs
     app.state.model_id = f"{cfg.backbone}-{cfg.image_size}px" + (f":{model_name}" if model_name else "")
     app.state.limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "timeout_s": timeout_s,
-                        "workers": workers, "max_queue": max_queue}
+                        "workers": workers, "max_queue": max_queue, "max_faces": max_faces}
     install_error_handlers(app)
+    if allowed_hosts is not None:
+        app.add_middleware(AllowedHosts, hosts=allowed_hosts)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

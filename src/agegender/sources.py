@@ -171,7 +171,10 @@ def stratified_split(
 def write_split(path: str | Path, split: dict[str, str]) -> None:
     import pandas as pd
 
-    pd.DataFrame(sorted(split.items()), columns=["file", "subset"]).to_csv(path, index=False)
+    from agegender.outputs import atomic_write
+
+    text = pd.DataFrame(sorted(split.items()), columns=["file", "subset"]).to_csv(index=False)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))  # names as they are on disk
 
 
 def read_split(path: str | Path) -> dict[str, str]:

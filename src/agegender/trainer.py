@@ -26,7 +26,9 @@ from agegender import sources as S
 from agegender.cache import build_cache
 from agegender.calibration import calibrate
 from agegender.checkpoint import (
+    CheckpointError,
     atomic_write,
+    check_resumable,
     interrupts_held,
     load_checkpoint,
     make_checkpoint,
@@ -108,6 +110,7 @@ class TrainState:
     # plot); what is reported and kept follows what was written, not where the signal fell.
     completed: int = 0
     training: dict = field(default_factory=dict)
+    unreadable: int = 0  # images the decode cache could not use (left out of every epoch)
 
 
 def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -143,6 +146,7 @@ def open_run_folder(st: TrainState, resume: bool) -> None:
         if not st.run.last.exists():
             raise FileNotFoundError(f"--resume: no {st.run.last} to resume from")
         st.resumed = load_checkpoint(st.run.last)
+        check_resumable(st.resumed, st.run.last)
         st.cfg = resume_config(st.cfg, st.resumed["training"]["config"])
         log.info("resuming %s from epoch %d", st.run.root, st.resumed["training"]["epoch"])
     seed_everything(st.cfg.seed)
@@ -157,7 +161,10 @@ def resume_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
             merged[key] = value
         elif value is not None and key in merged and merged[key] != value:
             raise ValueError(f"--resume: {key}={value!r} differs from the run being resumed ({merged[key]!r})")
-    return TrainConfig(**merged).validate()
+    try:
+        return TrainConfig(**merged).validate()
+    except TypeError as e:  # keys this version does not know
+        raise CheckpointError(f"--resume: the run's saved config cannot be used: {e}") from None
 
 
 def split_data(st: TrainState) -> None:
@@ -244,6 +251,7 @@ def build_loaders(st: TrainState) -> None:
     workers = default_workers(cfg.num_workers)
     preset = st.model.config.preset
     pairs = [make_datasets(cfg, p.source, preset, p.train, p.val, st.info, st.progress) for p in st.parts]
+    st.unreadable = sum(int((~ds.readable).sum()) for pair in pairs for ds in pair if isinstance(ds, CachedFaceDataset))
     # Item indices then count through the pooled record lists (train_recs / val_recs), source after source.
     train_ds = concat_datasets([t for t, _ in pairs])
     st.val_ds = concat_datasets([v for _, v in pairs if v is not None]) if st.val_recs else None
@@ -340,20 +348,28 @@ def restore_training_state(st: TrainState) -> None:
     st.completed = st.start_epoch - 1
     if ckpt is None:
         return
-    st.model.load_state_dict(ckpt.get("train_model_state", ckpt["model_state"]))
-    if st.ema is not None:
-        st.ema.load_state_dict(ckpt["ema_state"])
-    st.optimizer.load_state_dict(ckpt["optimizer_state"])
-    st.scheduler.load_state_dict(ckpt["scheduler_state"])
-    if "scaler_state" in ckpt:
-        st.scaler.load_state_dict(ckpt["scaler_state"])
-    torch.set_rng_state(ckpt["rng_state"])
-    training = ckpt["training"]
-    st.history = list(training.get("history", []))
-    st.start_epoch = int(training["epoch"]) + 1
+    try:
+        st.model.load_state_dict(ckpt.get("train_model_state", ckpt["model_state"]))
+        if st.ema is not None:
+            st.ema.load_state_dict(ckpt["ema_state"])
+        st.optimizer.load_state_dict(ckpt["optimizer_state"])
+        st.scheduler.load_state_dict(ckpt["scheduler_state"])
+        if "scaler_state" in ckpt:
+            st.scaler.load_state_dict(ckpt["scaler_state"])
+        torch.set_rng_state(ckpt["rng_state"])
+        training = ckpt["training"]
+        st.history = list(training.get("history", []))
+        best = training.get("best", {}).get("value", training.get("best_val_age_mae"))
+        st.best_score = math.inf if best is None else float(best)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"{st.run.last}: its training state does not fit this run: {e}") from None
+    st.start_epoch = training["epoch"] + 1
     st.completed = st.start_epoch - 1
-    best = training.get("best", {}).get("value", training.get("best_val_age_mae"))
-    st.best_score = math.inf if best is None else float(best)
+    # The summary of the last saved epoch: what calibration and the final report need if no epoch is left.
+    st.training = training
+    if st.info.is_main and st.history:
+        # A run killed between writing last.pt and metrics.csv left the table an epoch short.
+        training_curves(write_metrics(st.run, st.history), st.run.curves)
 
 
 def train_epochs(st: TrainState) -> None:
@@ -458,6 +474,7 @@ def training_summary(st: TrainState, epoch: int, row: dict) -> dict:
         "sources": [{**p.source.to_dict(), "key": p.source.key, "fingerprint": p.fingerprint, "counts": p.counts,
                      "split_file": p.split_file} for p in st.parts],
         "torch_version": str(torch.__version__), "world_size": st.info.world_size,
+        "unreadable_images": st.unreadable,
     }
 
 
@@ -496,6 +513,12 @@ def calibrate_best(st: TrainState) -> None:
     cfg, run = st.cfg, st.run
     if st.val_loader is None or not st.training:
         return
+    if st.resumed is not None and st.start_epoch > cfg.epochs:
+        if "calibration" in load_checkpoint(run.best):
+            log.info("all %d epochs were done and %s is calibrated: nothing to do", cfg.epochs, run.best)
+            return
+        # Killed after the last epoch but before (or during) calibration: finish the run now.
+        log.warning("%s was never calibrated (the run stopped after its last epoch): calibrating it now", run.best)
     barrier(st.info)
     if st.info.is_main:
         # Rank 0 alone sees the whole validation subset here, so the loader is not sharded.

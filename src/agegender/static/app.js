@@ -102,7 +102,9 @@ function fillTable(answer) {
   show($("#faces"), answer.faces.length > 0);
   show($("#no-face"), answer.faces.length === 0);
   const t = answer.timing_ms;
-  $("#timing").textContent = `${answer.width}×${answer.height} px · decode ${t.decode} ms · detect + predict ` +
+  const dropped = answer.faces_dropped ? ` · ${answer.faces_found} faces found, the ${answer.faces.length} ` +
+    "largest shown" : "";
+  $("#timing").textContent = `${answer.width}×${answer.height} px${dropped} · decode ${t.decode} ms · detect + predict ` +
     `${t.detect_predict} ms · server total ${t.total} ms · round trip ${answer.roundTripMs} ms · ${answer.model}`;
 }
 
