@@ -59,15 +59,21 @@ class VideoInfo:
 class VideoReader:
     """The frames of a video file, in order: ``for frame in VideoReader(path)`` gives ``(H, W, 3)`` uint8 RGB.
 
-    Raises :class:`VideoError` at once when the file cannot be opened, and after the last readable frame when
-    the file ends before the frames its container declares: everything before the damage is yielded first.
+    Raises :class:`VideoError` at once when the file cannot be opened, and after the last whole frame when the
+    file ends before the frames its container declares: everything before the damage is yielded first.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise VideoError(f"{self.path}: no such file")
-        self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        # OpenCV warns on stderr when it cannot open a file; the VideoError below says it in one line instead.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not self._cap.isOpened():
             self._cap.release()
             raise VideoError(f"{self.path}: not a video OpenCV can open (damaged, truncated before its index, "
@@ -81,18 +87,31 @@ class VideoReader:
         self.last_frame: np.ndarray | None = None  # the frame most recently yielded (for drawing on it)
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        # One frame is read ahead: the frame read last before a break is often decoded from half its data (grey
+        # or smeared below the cut) and is left out, so every frame yielded is whole.
+        decoded, ahead = 0, None
         while True:
             ok, bgr = self._cap.read()
             if not ok or bgr is None:
                 break
-            self.frames_read += 1
-            self.last_frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            yield self.last_frame
-        if self.info.frames and self.frames_read < self.info.frames - COUNT_SLACK:
-            raise VideoError(f"{self.path}: unreadable after frame {self.frames_read} of the "
-                             f"{self.info.frames} its container declares (truncated or damaged)")
-        if self.frames_read == 0:
+            decoded += 1
+            if ahead is not None:
+                yield self._yield(ahead)
+            ahead = bgr
+        broken = self.info.frames and decoded < self.info.frames - COUNT_SLACK
+        if ahead is not None and not broken:
+            yield self._yield(ahead)
+        if broken:
+            raise VideoError(f"{self.path}: unreadable after frame {decoded} of the {self.info.frames} its "
+                             f"container declares (truncated or damaged; frame {decoded} itself, at the break, "
+                             "is left out)")
+        if decoded == 0:
             raise VideoError(f"{self.path}: no frame could be decoded")
+
+    def _yield(self, bgr: np.ndarray) -> np.ndarray:
+        self.frames_read += 1
+        self.last_frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return self.last_frame
 
     def close(self) -> None:
         self._cap.release()
@@ -105,22 +124,31 @@ class VideoReader:
         self.close()
 
 
+def write_codec(path: str | Path) -> str:
+    """The codec :class:`VideoWriter` uses for ``path``, by its suffix; :class:`VideoError` for one it cannot write.
+
+    >>> write_codec("out.mp4")
+    'mp4v'
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in WRITE_CODECS:
+        kinds = ", ".join(sorted(WRITE_CODECS))
+        raise VideoError(f"{path}: can write {kinds} videos, not {suffix or 'a file without a suffix'}")
+    return WRITE_CODECS[suffix]
+
+
 class VideoWriter:
     """Writes ``(H, W, 3)`` uint8 RGB frames of one size to ``path`` (.mp4, .m4v, .mov or .avi) at ``fps``.
     Close it (or use it as a context manager) to finish the file; a file closed early holds the frames so far."""
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]) -> None:
         self.path = Path(path)
-        suffix = self.path.suffix.lower()
-        if suffix not in WRITE_CODECS:
-            kinds = ", ".join(sorted(WRITE_CODECS))
-            raise VideoError(f"{self.path}: can write {kinds} videos, not {suffix or 'a file without a suffix'}")
+        codec = write_codec(self.path)
         self.size = (int(size[0]), int(size[1]))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*WRITE_CODECS[suffix]), float(fps),
-                                       self.size)
+        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*codec), float(fps), self.size)
         if not self._writer.isOpened():
-            raise VideoError(f"{self.path}: OpenCV cannot write this file (codec {WRITE_CODECS[suffix]})")
+            raise VideoError(f"{self.path}: OpenCV cannot write this file (codec {codec})")
         self.frames_written = 0
 
     def write(self, frame: np.ndarray) -> None:

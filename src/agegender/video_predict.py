@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from agegender.predictor import Predictor
 from agegender.tracking import TrackedFrame, TrackEstimate
-from agegender.video import VideoError, VideoReader, VideoWriter
+from agegender.video import VideoError, VideoReader, VideoWriter, write_codec
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,19 @@ DIGITS = {"time_s": 3, "first_time_s": 3, "last_time_s": 3, "age": 2, "age_low":
           "age_sigma": 3, "p_female": 5, "det_score": 4}
 
 
+def check_rows_path(path: str | Path) -> Path:
+    """``path`` if rows can be written there (.csv or .json), else ValueError."""
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"{path.name}: rows are written to .csv or .json files")
+    return path
+
+
 class RowWriter:
     """Rows (dicts) to ``path``: a ``.csv`` is written and flushed as rows come; a ``.json`` list on close."""
 
     def __init__(self, path: str | Path, columns: list[str]) -> None:
-        self.path, self.columns, self.rows = Path(path), columns, 0
-        if self.path.suffix.lower() not in (".csv", ".json"):
-            raise ValueError(f"{self.path.name}: rows are written to .csv or .json files")
+        self.path, self.columns, self.rows = check_rows_path(path), columns, 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._json: list[dict] | None = [] if self.path.suffix.lower() == ".json" else None
         self._file = None
@@ -99,6 +105,11 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
     .json), the video with each track's running estimate drawn to ``annotate`` (.mp4 or .avi) if given. Faces are
     detected in every ``every``-th frame. A video that cannot be opened raises :class:`VideoError`; one that
     breaks off part-way returns with ``error`` set after writing everything up to the break."""
+    # Every output name is checked before anything is opened, so a mistyped one leaves no half-written files.
+    if check_rows_path(out).resolve() == check_rows_path(tracks_out).resolve():
+        raise ValueError(f"the frame rows and the track rows would both go to {out}")
+    if annotate is not None:
+        write_codec(annotate)
     reader = VideoReader(path)
     info, file, run = reader.info, str(path), VideoRun()
     frames_out, tracks_writer, tracks = RowWriter(out, FRAME_COLUMNS), RowWriter(tracks_out, TRACK_COLUMNS), {}
