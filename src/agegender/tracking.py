@@ -157,9 +157,8 @@ def box_distance(candidates: np.ndarray, objects: np.ndarray) -> np.ndarray:
     """Distances ``[N, K]`` between boxes ``candidates`` ``[N, 4]`` and ``objects`` ``[K, 4]`` (x1, y1, x2, y2):
     centre offset over the object's size (the square root of its area), plus ``|log|`` of the size ratio.
 
-    >>> box_distance(np.array([[10.0, 0, 20, 10], [0, 0, 20, 20]]), np.array([[0.0, 0, 10, 10]])).round(3)
-    array([[1.   ],
-           [1.4  ]])
+    >>> box_distance(np.array([[10.0, 0, 20, 10], [0, 0, 20, 20]]), np.array([[0.0, 0, 10, 10]])).round(3).tolist()
+    [[1.0], [1.4]]
     """
     def centre_size(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         size = np.sqrt(np.clip(b[:, 2] - b[:, 0], 1e-3, None) * np.clip(b[:, 3] - b[:, 1], 1e-3, None))
