@@ -257,7 +257,8 @@ function showLive(state, answer, shot, roundTrip) {
   show($("#faces"), false);
   show($("#no-face"), answer.faces.length === 0);
   $("#timing").textContent = `live · ${liveRate(state.log).toFixed(1)} frames/s · round trip ${Math.round(roundTrip)}` +
-    ` ms · server ${answer.timing_ms.detect_predict_track} ms · ${answer.tracks} people so far`;
+    ` ms · server ${answer.timing_ms.detect_predict_track} ms · ${answer.tracks} ` +
+    `${answer.tracks === 1 ? "person" : "people"} so far`;
 }
 
 function liveAnswer(state, event) {
