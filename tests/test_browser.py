@@ -135,15 +135,16 @@ LIVE_INTERVAL_MS = 300  # as in static/app.js
 
 
 def test_live_mode_follows_the_fake_camera_one_frame_in_flight(server_url: str, tmp_path: Path) -> None:
-    """Chromium's fake camera plays a generated clip (one face walking right and back, so the loop is seamless);
-    live mode sends a frame at a time over the WebSocket and shows one track whose frame count grows."""
+    """Chromium's fake camera plays a generated clip (one face swaying 40 px right and back, so the loop is
+    seamless and, however slowly a loaded server answers, it never moves far between two frames sent); live mode
+    sends a frame at a time over the WebSocket and shows one track whose frame count grows."""
     pytest.importorskip("websockets", reason="uvicorn needs the websockets package for /v1/track (serve extras)")
     pytest.importorskip("norfair", reason="the video extras are not installed (pip install 'agegender[video]')")
     from agegender.synthetic import Walker, render, sprite
     from agegender.video import write_y4m
 
     face = sprite(ASTRONAUT, (150, 25, 300, 205), 110)
-    there = list(render([Walker(face, (20, 50), (190, 60))], 15, (320, 240)))
+    there = list(render([Walker(face, (90, 50), (130, 60))], 20, (320, 240)))
     camera = write_y4m(tmp_path / "camera.y4m", there + there[::-1], fps=10)
     args = [*CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
             f"--use-file-for-fake-video-capture={camera}"]
