@@ -129,3 +129,56 @@ def test_page_says_no_face_and_shows_api_errors(page, server_url: str) -> None:
     assert "HTTP 415" in error.inner_text() and "not an image" in error.inner_text()
     assert page.locator("#result").is_hidden()
     assert page.errors == [] and page.foreign == []
+
+
+LIVE_INTERVAL_MS = 300  # as in static/app.js
+
+
+def test_live_mode_follows_the_fake_camera_one_frame_in_flight(server_url: str, tmp_path: Path) -> None:
+    """Chromium's fake camera plays a generated clip (one face swaying 40 px right and back, so the loop is
+    seamless and, however slowly a loaded server answers, it never moves far between two frames sent); live mode
+    sends a frame at a time over the WebSocket and shows one track whose frame count grows."""
+    pytest.importorskip("websockets", reason="uvicorn needs the websockets package for /v1/track (serve extras)")
+    pytest.importorskip("norfair", reason="the video extras are not installed (pip install 'agegender[video]')")
+    from agegender.synthetic import Walker, render, sprite
+    from agegender.video import write_y4m
+
+    face = sprite(ASTRONAUT, (150, 25, 300, 205), 110)
+    there = list(render([Walker(face, (90, 50), (130, 60))], 20, (320, 240)))
+    camera = write_y4m(tmp_path / "camera.y4m", there + there[::-1], fps=10)
+    args = [*CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-video-capture={camera}"]
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{server_url}/")
+        page.click("#camera-button")
+        page.wait_for_function("() => document.querySelector('#video').videoWidth > 0", timeout=30_000)
+        page.click("#live-button")
+        page.wait_for_function("() => window.agegenderLive && window.agegenderLive.received >= 8", timeout=180_000)
+        stats = page.evaluate("() => { const s = window.agegenderLive; "
+                              "return {maxInFlight: s.maxInFlight, sent: s.sent, received: s.received, log: s.log}; }")
+        labels = page.locator(".track-label").all_inner_texts()
+        timing = page.locator("#timing").inner_text()
+        artifacts = Path(os.environ.get("AGEGENDER_ARTIFACTS") or tmp_path)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(artifacts / "browser_live.png"), full_page=True)
+        page.click("#live-button")
+        assert page.locator("#live-button").inner_text() == "Start live"
+        browser.close()
+    assert errors == [] and stats["maxInFlight"] == 1
+    log = [entry for entry in stats["log"] if entry["received"] is not None]
+    assert len(log) >= 8
+    for before, after in zip(log, log[1:], strict=False):
+        assert after["sent"] >= before["received"], "a frame was sent before the previous one was answered"
+        # Steady pace: every interval, or at once after a slower answer; never stalled (the slack covers the
+        # capture and JPEG encoding of the next frame on a loaded machine).
+        assert after["sent"] - before["sent"] >= LIVE_INTERVAL_MS - 5
+        assert after["sent"] - max(before["received"], before["sent"] + LIVE_INTERVAL_MS) < 500
+    (text,) = labels
+    match = re.fullmatch(r"#1 \d+ ±\d+, (male|female) (0\.\d\d|1\.00) · (\d+) frames", text)
+    assert match, text
+    assert int(match.group(3)) >= 8, "one track should hold every answered frame"
+    assert re.match(r"live · \d+\.\d frames/s · round trip \d+ ms", timing), timing

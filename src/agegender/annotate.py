@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
 from agegender.predictor import FacePrediction
+
+if TYPE_CHECKING:
+    from agegender.tracking import TrackedFace
 
 
 def label(face: FacePrediction) -> str:
@@ -19,21 +24,30 @@ def label(face: FacePrediction) -> str:
     return f"{age}, {p.gender} {confidence:.2f}"
 
 
-def draw_faces(image: Image.Image, faces: Sequence[FacePrediction]) -> Image.Image:
-    """A copy of ``image`` with each face's box, landmarks and label drawn on it."""
+def draw_faces(image: Image.Image, faces: Sequence[FacePrediction], labels: Sequence[str] | None = None
+               ) -> Image.Image:
+    """A copy of ``image`` with each face's box, landmarks and label drawn on it (``labels``: one text per face
+    instead of :func:`label`'s)."""
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     line = max(2, round(max(out.size) / 300))
     font = ImageFont.load_default(size=max(12, round(max(out.size) / 40)))
-    for face in faces:
+    for i, face in enumerate(faces):
         x1, y1, x2, y2 = face.box
         color = (230, 60, 140) if face.prediction.gender == "female" else (40, 120, 230)
         draw.rectangle((x1, y1, x2, y2), outline=color, width=line)
         for x, y in face.landmarks:
             draw.ellipse((x - line, y - line, x + line, y + line), fill=(255, 220, 0))
-        text = label(face)
+        text = label(face) if labels is None else labels[i]
         tx, ty = x1, max(0, y1 - font.size - 2 * line)
         box = draw.textbbox((tx, ty), text, font=font)
         draw.rectangle((box[0] - line, box[1] - line, box[2] + line, box[3] + line), fill=color)
         draw.text((tx, ty), text, fill=(255, 255, 255), font=font)
     return out
+
+
+def draw_tracks(image: Image.Image, faces: Sequence[TrackedFace]) -> Image.Image:
+    """A copy of ``image`` with each tracked face boxed and labelled with its track's running estimate, such as
+    ``"#2 34 ±3, female 0.95"``."""
+    shown = [replace(f.face, prediction=f.estimate.prediction) for f in faces]
+    return draw_faces(image, shown, [f"#{f.track} {label(s)}" for f, s in zip(faces, shown, strict=True)])

@@ -198,17 +198,24 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="find faces in photos and predict their age and gender",
+    p = sub.add_parser("predict", help="find faces in photos or a video and predict their age and gender",
                        description="Detect faces (MTCNN), align each to UTKFace's framing and predict; with "
                        "--aligned, treat each image as a ready face crop. Inputs are files or folders (searched "
                        "recursively). Writes CSV or JSON by the extension of --out: a row per face, and a row "
-                       "with status no_face or error where there is none or the file cannot be read.")
+                       "with status no_face or error where there is none or the file cannot be read. A video "
+                       "(one, alone: .mp4, .mov, .mkv, .webm, .avi, ...) gives a row per face per analysed frame "
+                       "with its track, and a row per track (--tracks) combining that person's frames.")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
     p.add_argument("--labels", help="predict the files listed in this CSV (column file, relative to --data)")
     p.add_argument("--data", help="folder the --labels file names are relative to")
     p.add_argument("--out", required=True, help="PREDS.csv or PREDS.json")
     p.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
-    p.add_argument("--annotate", metavar="DIR", help="also write each photo with boxes and labels drawn into DIR")
+    p.add_argument("--annotate", metavar="DIR", help="also write each photo with boxes and labels drawn into DIR; "
+                   "for a video, the annotated copy to write (.mp4 or .avi)")
+    p.add_argument("--every", type=_number(int, 1), default=1, metavar="K",
+                   help="video: detect faces in every K-th frame (default 1, every frame)")
+    p.add_argument("--tracks", metavar="PATH", help="video: the per-track rows (.csv or .json; default: beside "
+                   "--out, named OUT_tracks)")
     p.add_argument("--min-face", type=_number(int, 1), default=20,
                    help="smallest face side to look for, pixels (default 20)")
     p.add_argument("--det-threshold", type=_number(float, 0, 1), default=0.7,
@@ -572,7 +579,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out_path.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out must end in .csv or .json, got {out_path.name}")
     check_writable(out_path, "--out")  # now, not after every photo is done
-    annotate_dir = check_folder(args.annotate, "--annotate") if args.annotate else None
+    video = _video_input(args)
+    annotate_dir = check_folder(args.annotate, "--annotate") if args.annotate and video is None else None
     device = resolve_device(args.device)
     detector = None
     if not args.aligned:
@@ -582,6 +590,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                 device=device)
     predictor = Predictor.from_checkpoint(resolve_model_path(args.model), device=str(device), flip_tta=args.tta,
                                           detector=detector, runtime=args.runtime)
+    if video is not None:
+        return _predict_video(predictor, video, args)
     files, missing = _predict_files(args)
     res = _Results()
     for f, why in missing:
@@ -607,6 +617,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     log.info("%d files: %d faces, %d without a face, %d problems -> %s", len(files), n_faces, n_no_face,
              len(res.problems), out_path)
     return EXIT_PARTIAL if res.problems else EXIT_OK
+
+
+def _video_input(args: argparse.Namespace) -> Path | None:
+    """The video to predict when the inputs name one (it must be the only input), else None."""
+    from agegender.video import is_video
+
+    if not any(is_video(i) for i in args.inputs):
+        return None
+    if len(args.inputs) != 1 or args.labels:
+        raise ValueError("give one video alone (photos and other videos in separate runs)")
+    if args.aligned:
+        raise ValueError("--aligned is for face crops, not videos")
+    if args.every < 1:
+        raise ValueError(f"--every must be 1 or more, got {args.every}")
+    return Path(args.inputs[0])
+
+
+def _predict_video(predictor, video: Path, args: argparse.Namespace) -> int:
+    try:
+        from agegender.video_predict import predict_video
+
+        out = Path(args.out)
+        tracks = Path(args.tracks) if args.tracks else out.with_name(f"{out.stem}_tracks{out.suffix}")
+        run = predict_video(predictor, video, out, tracks, args.annotate, args.every, progress=not args.quiet)
+    except ImportError as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+    log.info("%s: %d frames (%d analysed) in %.1f s, %.1f frames/s: %d face rows -> %s, %d tracks -> %s%s", video,
+             run.frames, run.analysed, run.seconds, run.frames / max(run.seconds, 1e-9), run.faces, out, run.tracks,
+             tracks, f", annotated -> {args.annotate}" if args.annotate else "")
+    if run.error:
+        log.warning("%s (the rows of the frames before it are written)", run.error)
+        return EXIT_PARTIAL
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from agegender.images import ImageInput, as_pil
 from agegender.metrics import age_interval
 from agegender.model import AgeGenderNet
 from agegender.transforms import eval_preset
+
+if TYPE_CHECKING:
+    from agegender.tracking import FaceTracks, TrackedFrame
 
 RUNTIMES = ("torch", "onnx")
 # Faces predicted per photo by default in predict and the service: a crowd photo costs seconds per face, far
@@ -40,13 +44,15 @@ def _exported(checkpoint: Path) -> Path:
 @dataclass(frozen=True)
 class Prediction:
     """Age in years with its interval (``None`` for a model without interval calibration), the decided
-    gender (``"male"``/``"female"``) and the probability of female."""
+    gender (``"male"``/``"female"``), the probability of female, and the network's spread of the age estimate
+    (``age_sigma``, years; what :mod:`agegender.tracking` weighs frames by)."""
 
     age: float
     gender: str
     p_female: float
     age_low: float | None = None
     age_high: float | None = None
+    age_sigma: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,6 +184,25 @@ class Predictor:
         return [PhotoPrediction([FacePrediction(i, f.box, f.score, f.landmarks, next(preds))
                                  for i, f in enumerate(faces)], n) for faces, n in zip(kept, found, strict=True)]
 
+    def track(self, frames: Iterable[ImageInput], every: int = 1, fps: float | None = None,
+              tracks: FaceTracks | None = None) -> Iterator[TrackedFrame]:
+        """Follow the faces of a video: ``frames`` (an iterable of photos, in order) in, one
+        :class:`~agegender.tracking.TrackedFrame` out per frame, as each is read: its faces with their track
+        number and each track's running estimate. Faces are detected in every ``every``-th frame (the first
+        included); ``fps`` gives each frame's time; ``tracks`` continues an existing
+        :class:`~agegender.tracking.FaceTracks` (by default a new one with this model's interval scale)."""
+        from agegender.tracking import FaceTracks, TrackedFrame
+
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        tracks = tracks or FaceTracks(self.interval_scale, every=every)
+        faces = []
+        for index, frame in enumerate(frames):
+            analysed = index % every == 0
+            if analysed:
+                faces = tracks.update(index, self.predict_faces([frame])[0])
+            yield TrackedFrame(index, index / fps if fps else None, analysed, faces, tracks.estimates())
+
     def predict(self, images: Sequence[ImageInput], batch_size: int = 64,
                 check: Callable[[], None] | None = None) -> list[Prediction]:
         """One :class:`Prediction` per image (PIL images, paths, encoded bytes or HxWx3 uint8 arrays);
@@ -190,8 +215,9 @@ class Predictor:
             lows, highs = [None] * len(out["age"]), [None] * len(out["age"])
             if self.interval_scale is not None:
                 lows, highs = age_interval(out["age"], out["age_sigma"], self.interval_scale)
-            for age, p, lo, hi in zip(out["age"], out["p_female"], lows, highs, strict=True):
+            for age, p, lo, hi, sigma in zip(out["age"], out["p_female"], lows, highs, out["age_sigma"],
+                                             strict=True):
                 results.append(Prediction(
                     float(max(age, 0.0)), GENDERS[int(p >= 0.5)], float(p),
-                    None if lo is None else float(lo), None if hi is None else float(hi)))
+                    None if lo is None else float(lo), None if hi is None else float(hi), float(sigma)))
         return results

@@ -38,10 +38,11 @@ function loadImage(blob) {
   });
 }
 
-function draw(img, answer) {
+// img: an <img> or a <canvas>; labelOf: the text drawn above each face.
+function draw(img, answer, labelOf = faceLabel) {
   const canvas = $("#canvas");
-  canvas.width = img.naturalWidth;
-  canvas.height = img.naturalHeight;
+  canvas.width = img.naturalWidth || img.width;
+  canvas.height = img.naturalHeight || img.height;
   const ctx = canvas.getContext("2d");
   ctx.drawImage(img, 0, 0);
   // Boxes are in pixels of the image the server decoded; scale in case the browser's differs.
@@ -63,7 +64,7 @@ function draw(img, answer) {
       ctx.arc(x * sx, y * sy, line, 0, 2 * Math.PI);
       ctx.fill();
     });
-    const text = faceLabel(face);
+    const text = labelOf(face);
     const w = ctx.measureText(text).width + 2 * line;
     const h = fontSize + 2 * line;
     const tx = x1 * sx;
@@ -165,6 +166,7 @@ dropzone.addEventListener("drop", (event) => {
 let stream = null;
 
 function stopCamera() {
+  stopLive();
   if (stream) stream.getTracks().forEach((track) => track.stop());
   stream = null;
   $("#video").srcObject = null;
@@ -183,6 +185,7 @@ if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
     }
   });
   $("#camera-stop").addEventListener("click", stopCamera);
+  $("#live-button").addEventListener("click", () => (live ? stopLive() : startLive()));
   $("#snap-button").addEventListener("click", () => {
     const video = $("#video");
     const shot = document.createElement("canvas");
@@ -194,6 +197,121 @@ if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
 } else {
   $("#camera-button").disabled = true;
   $("#camera-hint").textContent = "Webcam unavailable here (the browser needs https or localhost).";
+}
+
+// ---- live mode: a frame every LIVE_INTERVAL_MS to the server over a WebSocket, never more than one in flight
+// (the next frame is captured only once the last one is answered); the server keeps this connection's tracks and
+// answers with each face's track number and that track's running estimate.
+
+const LIVE_INTERVAL_MS = 300;
+const LIVE_MAX_SIDE = 640; // frames are scaled down to this longer side before sending
+const LIVE_LOG = 200; // send/answer times kept for the frame rate (and for the browser test)
+let live = null;
+
+// "#2 34 ±3, female 0.95": the track number and its running estimate (as agegender.annotate.draw_tracks).
+function trackLabel(face) {
+  return `#${face.track} ${faceLabel(face.track_estimate)}`;
+}
+
+function liveFrame(state) {
+  const video = $("#video");
+  if (state.stopped || state.inFlight > 0) return;
+  if (!video.videoWidth) {
+    state.timer = setTimeout(() => liveFrame(state), 50); // the camera has no picture yet
+    return;
+  }
+  const scale = Math.min(1, LIVE_MAX_SIDE / Math.max(video.videoWidth, video.videoHeight));
+  const shot = document.createElement("canvas");
+  shot.width = Math.round(video.videoWidth * scale);
+  shot.height = Math.round(video.videoHeight * scale);
+  shot.getContext("2d").drawImage(video, 0, 0, shot.width, shot.height);
+  state.inFlight += 1; // counted from the capture, so that no second frame starts while this one is encoded
+  state.maxInFlight = Math.max(state.maxInFlight, state.inFlight);
+  shot.toBlob((blob) => {
+    if (state.stopped) return;
+    state.shots.push(shot);
+    state.log.push({ sent: performance.now(), received: null });
+    if (state.log.length > LIVE_LOG) state.log.shift();
+    state.sent += 1;
+    state.socket.send(blob);
+  }, "image/jpeg", 0.85);
+}
+
+function liveRate(log) {
+  const done = log.filter((entry) => entry.received !== null).slice(-10);
+  if (done.length < 2) return 0;
+  return (1000 * (done.length - 1)) / (done[done.length - 1].sent - done[0].sent);
+}
+
+function showLive(state, answer, shot, roundTrip) {
+  show($("#result"), true);
+  show($("#canvas"), true);
+  draw(shot, answer, trackLabel);
+  const labels = $("#labels");
+  labels.replaceChildren();
+  answer.faces.forEach((face) => {
+    const li = document.createElement("li");
+    li.className = "face-label track-label";
+    li.style.borderColor = COLORS[face.track_estimate.gender] || "#444";
+    li.textContent = `${trackLabel(face)} · ${face.track_estimate.frames} frames`;
+    labels.appendChild(li);
+  });
+  show($("#faces"), false);
+  show($("#no-face"), answer.faces.length === 0);
+  $("#timing").textContent = `live · ${liveRate(state.log).toFixed(1)} frames/s · round trip ${Math.round(roundTrip)}` +
+    ` ms · server ${answer.timing_ms.detect_predict_track} ms · ${answer.tracks} ` +
+    `${answer.tracks === 1 ? "person" : "people"} so far`;
+}
+
+function liveAnswer(state, event) {
+  const now = performance.now();
+  const entry = state.log[state.log.length - 1];
+  const shot = state.shots.shift();
+  entry.received = now;
+  state.inFlight -= 1;
+  state.received += 1;
+  const answer = JSON.parse(event.data);
+  if (answer.error) {
+    setError(`Live: ${answer.detail} (${answer.error})`);
+  } else {
+    setError("");
+    showLive(state, answer, shot, now - entry.sent);
+  }
+  // Keep the pace: the next frame goes LIVE_INTERVAL_MS after this one was sent, or at once if the answer took
+  // longer than that.
+  state.timer = setTimeout(() => liveFrame(state), Math.max(0, LIVE_INTERVAL_MS - (now - entry.sent)));
+}
+
+function startLive() {
+  setError("");
+  const scheme = window.location.protocol === "https:" ? "wss" : "ws";
+  const state = {
+    socket: new WebSocket(`${scheme}://${window.location.host}/v1/track`),
+    inFlight: 0, maxInFlight: 0, sent: 0, received: 0, log: [], shots: [], stopped: false, timer: null,
+  };
+  window.agegenderLive = state; // counters and the send/answer log, for the browser test and the curious
+  state.socket.onopen = () => liveFrame(state);
+  state.socket.onmessage = (event) => liveAnswer(state, event);
+  state.socket.onclose = (event) => {
+    if (state.stopped) return;
+    stopLive();
+    setError(`Live stopped: the server closed the connection (${event.code} ${event.reason || "no reason given"})`);
+  };
+  live = state;
+  $("#live-button").textContent = "Stop live";
+  $("#live-button").setAttribute("aria-pressed", "true");
+  $("#snap-button").disabled = true;
+}
+
+function stopLive() {
+  if (!live) return;
+  live.stopped = true;
+  clearTimeout(live.timer);
+  live.socket.close();
+  live = null;
+  $("#live-button").textContent = "Start live";
+  $("#live-button").setAttribute("aria-pressed", "false");
+  $("#snap-button").disabled = false;
 }
 
 // ---- model information in the footer

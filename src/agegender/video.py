@@ -1,0 +1,186 @@
+"""Reading and writing video files, frame by frame, with OpenCV (its bundled FFmpeg reads mp4, mov, mkv, webm,
+avi and more; writing uses codecs every OpenCV build has: MPEG-4 Part 2 in .mp4, Motion JPEG in .avi).
+
+Frames are ``(H, W, 3)`` uint8 RGB arrays, the order the rest of agegender uses; OpenCV's BGR stays inside this
+module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+# FFmpeg's own messages (a missing moov atom, a broken packet) would reach the terminal besides the one-line error
+# this module raises; keep them to fatal ones unless the user asked for another level.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
+
+import cv2  # noqa: E402 - after the log level above, which FFmpeg reads when OpenCV first uses it
+import numpy as np  # noqa: E402
+
+from agegender.images import as_rgb_array  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".wmv",
+                            ".flv", ".3gp", ".y4m", ".mjpeg"})
+# The codec written for each output suffix.
+WRITE_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
+# Frames a container may over-declare without the file being damaged (counts estimated from the duration).
+COUNT_SLACK = 2
+
+
+class VideoError(ValueError):
+    """The video cannot be opened, or ends before the frames its container declares (truncated or damaged)."""
+
+
+def is_video(path: str | Path) -> bool:
+    """Whether ``path`` names a video by its suffix.
+
+    >>> is_video("clip.MP4"), is_video("photo.jpg")
+    (True, False)
+    """
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says: frames per second, frame size, and how many frames (0 when it does not say)."""
+
+    fps: float
+    width: int
+    height: int
+    frames: int
+
+
+class VideoReader:
+    """The frames of a video file, in order: ``for frame in VideoReader(path)`` gives ``(H, W, 3)`` uint8 RGB.
+
+    Raises :class:`VideoError` at once when the file cannot be opened, and after the last whole frame when the
+    file ends before the frames its container declares: everything before the damage is yielded first.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise VideoError(f"{self.path}: no such file")
+        # OpenCV warns on stderr when it cannot open a file; the VideoError below says it in one line instead.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
+        if not self._cap.isOpened():
+            self._cap.release()
+            raise VideoError(f"{self.path}: not a video OpenCV can open (damaged, truncated before its index, "
+                             "or an unknown format)")
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.info = VideoInfo(fps=fps if fps > 0 and np.isfinite(fps) else 25.0,
+                              width=int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                              height=int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                              frames=max(0, int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))))
+        self.frames_read = 0
+        self.last_frame: np.ndarray | None = None  # the frame most recently yielded (for drawing on it)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        # One frame is read ahead: the frame read last before a break is often decoded from half its data (grey
+        # or smeared below the cut) and is left out, so every frame yielded is whole.
+        decoded, ahead = 0, None
+        while True:
+            ok, bgr = self._cap.read()
+            if not ok or bgr is None:
+                break
+            decoded += 1
+            if ahead is not None:
+                yield self._yield(ahead)
+            ahead = bgr
+        broken = self.info.frames and decoded < self.info.frames - COUNT_SLACK
+        if ahead is not None and not broken:
+            yield self._yield(ahead)
+        if broken:
+            raise VideoError(f"{self.path}: unreadable after frame {decoded} of the {self.info.frames} its "
+                             f"container declares (truncated or damaged; frame {decoded} itself, at the break, "
+                             "is left out)")
+        if decoded == 0:
+            raise VideoError(f"{self.path}: no frame could be decoded")
+
+    def _yield(self, bgr: np.ndarray) -> np.ndarray:
+        self.frames_read += 1
+        self.last_frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return self.last_frame
+
+    def close(self) -> None:
+        self._cap.release()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+                 ) -> None:
+        self.close()
+
+
+def write_codec(path: str | Path) -> str:
+    """The codec :class:`VideoWriter` uses for ``path``, by its suffix; :class:`VideoError` for one it cannot write.
+
+    >>> write_codec("out.mp4")
+    'mp4v'
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in WRITE_CODECS:
+        kinds = ", ".join(sorted(WRITE_CODECS))
+        raise VideoError(f"{path}: can write {kinds} videos, not {suffix or 'a file without a suffix'}")
+    return WRITE_CODECS[suffix]
+
+
+class VideoWriter:
+    """Writes ``(H, W, 3)`` uint8 RGB frames of one size to ``path`` (.mp4, .m4v, .mov or .avi) at ``fps``.
+    Close it (or use it as a context manager) to finish the file; a file closed early holds the frames so far."""
+
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int]) -> None:
+        self.path = Path(path)
+        codec = write_codec(self.path)
+        self.size = (int(size[0]), int(size[1]))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*codec), float(fps), self.size)
+        if not self._writer.isOpened():
+            raise VideoError(f"{self.path}: OpenCV cannot write this file (codec {codec})")
+        self.frames_written = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one frame (``(H, W, 3)`` uint8 RGB of the writer's size)."""
+        frame = as_rgb_array(frame)
+        if (frame.shape[1], frame.shape[0]) != self.size:
+            raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]}, the video {self.size[0]}x{self.size[1]}")
+        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        self.frames_written += 1
+
+    def close(self) -> None:
+        self._writer.release()
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+                 ) -> None:
+        self.close()
+
+
+def write_y4m(path: str | Path, frames: Iterator[np.ndarray] | list[np.ndarray], fps: int) -> Path:
+    """Write ``frames`` (``(H, W, 3)`` uint8 RGB, even sides) as uncompressed YUV4MPEG2 4:2:0, the format a
+    browser's fake camera plays (Chromium's ``--use-file-for-fake-video-capture``); returns ``path``."""
+    path = Path(path)
+    with open(path, "wb") as out:
+        for i, frame in enumerate(frames):
+            frame = as_rgb_array(frame)
+            h, w = frame.shape[:2]
+            if i == 0:
+                if h % 2 or w % 2:
+                    raise ValueError(f"4:2:0 needs even frame sides, got {w}x{h}")
+                out.write(f"YUV4MPEG2 W{w} H{h} F{int(fps)}:1 Ip A1:1 C420jpeg\n".encode())
+            out.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path
