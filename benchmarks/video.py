@@ -73,22 +73,17 @@ def speed(args: argparse.Namespace) -> None:
                 predictor.predict_faces([warm])
             for n, clip in clips.items():
                 for every in (1, 5):
-                    cpu = time.process_time()
                     run = predict_video(predictor, clip, Path(tmp) / "rows.csv", Path(tmp) / "tracks.csv",
                                         every=every, progress=False)
-                    cpu_ms = 1000 * (time.process_time() - cpu) / run.frames
-                    rows.append((runtime, n, every, run.frames / run.seconds, cpu_ms,
-                                 run.faces / max(run.analysed, 1), run.tracks))
+                    rows.append((runtime, n, every, run.frames / run.seconds, run.faces / max(run.analysed, 1),
+                                 run.tracks))
     print(f"$ {' '.join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])}")
     print(f"model {model}; 640x480 clips of {args.frames} frames at 25 fps; CPU, {torch.get_num_threads()} torch "
-          "threads; MTCNN on torch; frames/s over the whole clip (decode, detect, align, predict, track, CSV); CPU "
-          "ms per frame: the process's CPU time (all its threads), which other load on the machine inflates less "
-          "than the wall clock")
-    print("| runtime (age/gender net) | faces | --every | frames/s | CPU ms per frame | faces found per analysed frame "
-          "| tracks |")
-    print("|---|---|---|---|---|---|---|")
-    for runtime, n, every, fps, cpu_ms, found, tracks in rows:
-        print(f"| {runtime} | {n} | {every} | {fps:.1f} | {cpu_ms:.0f} | {found:.2f} | {tracks} |")
+          "threads; MTCNN on torch; frames/s over the whole clip (decode, detect, align, predict, track, CSV)")
+    print("| runtime (age/gender net) | faces | --every | frames/s | faces found per analysed frame | tracks |")
+    print("|---|---|---|---|---|---|")
+    for runtime, n, every, fps, found, tracks in rows:
+        print(f"| {runtime} | {n} | {every} | {fps:.1f} | {found:.2f} | {tracks} |")
 
 
 def view(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
