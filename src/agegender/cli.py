@@ -102,8 +102,10 @@ def _add_model_options(p: argparse.ArgumentParser, device: str) -> None:
     p.add_argument("--device", default=device, help=f"auto, cpu, cuda, ... (default {device})")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the mirrored image (default: as the checkpoint was calibrated)")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="run the network with torch (default) or onnxruntime (a .onnx --model implies onnx)")
+    p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
+                   help="auto (default): onnxruntime for the bundled model and .onnx files, torch for other .pt "
+                   "checkpoints; onnx: export a .pt once (cached) and run it with onnxruntime; torch: the .pt in "
+                   "torch")
 
 
 def _add_face_policy(p: argparse.ArgumentParser) -> None:
@@ -113,11 +115,28 @@ def _add_face_policy(p: argparse.ArgumentParser) -> None:
                    help="with --detect: skip photos with several faces (default) or use the largest")
 
 
-def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+class MissingExtra(Exception):
+    """A command needs packages this installation lacks (the message says which extra to install)."""
+
+
+def _needs(modules: tuple[str, ...], extra: str, command: str) -> None:
+    """Raise :class:`MissingExtra` unless every module in ``modules`` can be imported."""
+    from importlib.util import find_spec
+
+    missing = [m for m in modules if find_spec(m) is None]
+    if missing:
+        raise MissingExtra(f"agegender {command} needs {', '.join(missing)}, not installed here: "
+                           f"pip install 'agegender[{extra}]'")
+
+
+def _add_train_parser(sub: argparse._SubParsersAction, full: bool = True) -> None:
     t = sub.add_parser("train", help="train a model on a UTKFace folder",
                        description="Train on a UTKFace folder. Defaults come from the built-in config, then "
                        "--config YAML, then the flags given here. Writes best.pt, last.pt, config.yaml, "
                        "metrics.csv, split.csv and curves.png into --out.")
+    if not full:  # the options come from the training config, which imports torch: only for `train` itself
+        return
+    _needs(("torch", "torchvision", "yaml", "pandas", "matplotlib"), "train", "train")
     t.add_argument("--config", help="YAML file of options (keys as in a run's config.yaml)")
     _add_train_options(t)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt, with the "
@@ -140,8 +159,9 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--subset", default="test", choices=SUBSETS, help="subset (default test)")
     e.add_argument("--out", required=True, help="REPORT.json to write")
     e.add_argument("--predictions", help="PREDS.csv to write (default: beside REPORT.json)")
-    e.add_argument("--batch-size", type=int, default=128)
-    e.add_argument("--num-workers", type=int, default=-1)
+    e.add_argument("--batch-size", type=int, default=128, help="images read per step (default 128)")
+    e.add_argument("--num-workers", type=int, default=-1,
+                   help="threads that read the images, -1 = one per core (default)")
     _add_model_options(e, "auto")
     _add_common(e)
 
@@ -161,7 +181,9 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-face", type=int, default=20, help="smallest face side to look for, pixels (default 20)")
     p.add_argument("--det-threshold", type=float, default=0.7,
                    help="minimum detector score of the final stage (default 0.7)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16, help="images per network call (default 16)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="threads that decode, detect and predict side by side (default 0 = one per core, at most 4)")
     _add_model_options(p, "cpu")
     _add_common(p)
 
@@ -182,39 +204,64 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the web service and page",
                        description="Serve POST /v1/predict, GET /v1/model and a web page at / over HTTP "
                        "(needs the serve extras: pip install 'agegender[serve]').")
-    p.add_argument("--model", help="checkpoint (default: the bundled model)")
+    p.add_argument("--model", help="checkpoint or exported .onnx (default: the bundled model)")
+    p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
+                   help="as for predict (default auto: onnxruntime for the bundled model and .onnx files)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="prediction threads (default 1)")
-    p.add_argument("--max-queue", type=int, default=8, help="requests that may wait for a thread (default 8)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="batches predicted at the same time (default 1; each batch uses every core)")
+    p.add_argument("--max-queue", type=int, default=8, help="requests that may wait for a worker (default 8)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests predicted together (default 8)")
+    p.add_argument("--batch-window-ms", type=float, default=5,
+                   help="how long a batch waits for more requests once one has arrived (default 5 ms)")
     p.add_argument("--max-upload-mb", type=float, default=10, help="largest upload in MiB (default 10)")
     p.add_argument("--timeout", type=float, default=30, help="seconds before a request fails with 504 (default 30)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     _add_common(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; the training options (which import torch) are only added when ``argv`` is a train command
+    (all of them when ``argv`` is None)."""
     parser = argparse.ArgumentParser(
         prog="agegender",
         description="Estimate age (years) and gender from face images: train, evaluate and predict.",
         epilog="Exit status: 0 ok, 1 some inputs unreadable (rest done), 2 user error, 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train_parser, _add_evaluate_parser, _add_predict_parser, _add_export_parser,
-                _add_serve_parser):
+    command = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    _add_train_parser(sub, full=command in (None, "train"))
+    for add in (_add_evaluate_parser, _add_predict_parser, _add_export_parser, _add_serve_parser):
         add(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(-1 if args.quiet else args.verbose)
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that are a user's error (exit 2, one line). The training errors are looked up only
+    where their modules were loaded: an error of a module never imported cannot have been raised, and
+    importing it would load torch."""
     from agegender.checkpoint import CheckpointError
     from agegender.data import DataError
-    from agegender.engine import NonFiniteLossError
     from agegender.images import ImageReadError
-    from agegender.model import PretrainedWeightsError
 
+    errors: list[type[BaseException]] = [DataError, CheckpointError, ImageReadError, MissingExtra,
+                                         FileNotFoundError, ValueError]
+    for module, name in (("agegender.engine", "NonFiniteLossError"), ("agegender.model", "PretrainedWeightsError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except MissingExtra as e:
+        _setup_logging(0)
+        log.error("%s", e)
+        return EXIT_USAGE
+    _setup_logging(-1 if args.quiet else args.verbose)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
                 "serve": cmd_serve}
     try:
@@ -222,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return EXIT_INTERRUPTED
-    except (DataError, CheckpointError, PretrainedWeightsError, ImageReadError, NonFiniteLossError,
-            FileNotFoundError, ValueError) as e:
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
         log.error("%s", e)
         return EXIT_USAGE
 
@@ -272,6 +320,7 @@ def _evaluation_records(args: argparse.Namespace) -> tuple[list, str, int]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _needs(("pandas", "matplotlib"), "eval", "evaluate")
     from agegender.checkpoint import resolve_model_path
     from agegender.evaluate import evaluate, headline, write_report
     from agegender.predictor import Predictor
@@ -289,6 +338,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    _needs(("torch", "torchvision", "onnx"), "train", "export")
     from agegender.checkpoint import resolve_model_path
     from agegender.export import export_checkpoint
 
@@ -309,9 +359,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from agegender.predictor import Predictor
 
     path = resolve_model_path(args.model)
-    predictor = Predictor.from_checkpoint(path, device=args.device)
+    predictor = Predictor.from_checkpoint(path, device=args.device, runtime=args.runtime)
     app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout_s=args.timeout,
-                     max_queue=args.max_queue, workers=args.workers, model_name=path.name)
+                     max_queue=args.max_queue, workers=args.workers, model_name=path.name,
+                     max_batch=args.max_batch, batch_window_s=args.batch_window_ms / 1000)
     log.info("model %s (%s); http://%s:%d/", path, predictor.model.config.backbone, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None,
                 log_level="warning" if args.quiet else "info")
@@ -359,6 +410,7 @@ def _predict_files(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str
         raise ValueError("give image files or folders, or --data DIR --labels labels.csv")
     files, errors = _expand_inputs(args.inputs)
     if args.labels:
+        _needs(("pandas",), "eval", "predict --labels")
         from agegender.sources import scan
 
         if not args.data:
@@ -367,26 +419,38 @@ def _predict_files(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str
     return files, errors
 
 
-def _predict_batch(predictor, files: list[Path], args: argparse.Namespace, annotate_dir: Path | None,
-                   rows: list[dict], errors: list[tuple[str, str]]) -> None:
-    """Predict one batch of ``files``, appending a row per face (or per problem) to ``rows``."""
+def _open(file: Path) -> object:
+    """The decoded image, or the :class:`ImageReadError` that says why it cannot be."""
     from agegender.images import ImageReadError, open_image
 
+    try:
+        return open_image(file)
+    except ImageReadError as e:
+        return e
+
+
+def _predict_batch(predictor, files: list[Path], args: argparse.Namespace, annotate_dir: Path | None,
+                   rows: list[dict], errors: list[tuple[str, str]]) -> None:
+    """Predict one batch of ``files`` (decoded side by side), appending a row per face (or per problem) to
+    ``rows``."""
+    from agegender.images import ImageReadError
+    from agegender.preprocess import parallel_map
+
     chunk, images = [], []
-    for f in files:
-        try:
-            images.append(open_image(f))
+    for f, decoded in zip(files, parallel_map(_open, files, predictor.workers), strict=True):
+        if isinstance(decoded, ImageReadError):
+            errors.append((str(f), str(decoded)))
+            rows.append({"file": str(f), "status": "error", "error": str(decoded)})
+        else:
+            images.append(decoded)
             chunk.append(f)
-        except ImageReadError as e:
-            errors.append((str(f), str(e)))
-            rows.append({"file": str(f), "status": "error", "error": str(e)})
     if not images:
         return
     if args.aligned:
-        rows.extend(_row(f, pred.to_dict()) for f, pred in zip(chunk, predictor.predict(images, len(images)),
+        rows.extend(_row(f, pred.to_dict()) for f, pred in zip(chunk, predictor.predict(images, args.batch_size),
                                                                 strict=True))
         return
-    for f, img, faces in zip(chunk, images, predictor.predict_faces(images, len(images)), strict=True):
+    for f, img, faces in zip(chunk, images, predictor.predict_faces(images, args.batch_size), strict=True):
         rows.extend(_row(f, face.to_dict()) for face in faces)
         if not faces:
             rows.append({"file": str(f), "status": "no_face"})
@@ -397,16 +461,18 @@ def _predict_batch(predictor, files: list[Path], args: argparse.Namespace, annot
 
 
 def _write_predictions(rows: list[dict], out_path: Path) -> None:
-    import pandas as pd
+    import csv
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.suffix.lower() == ".json":
         out_path.write_text(json.dumps([{k: v for k, v in r.items() if v is not None} for r in rows], indent=2))
         return
-    df = pd.DataFrame(rows, columns=PREDICT_COLUMNS)
-    df["landmarks"] = df["landmarks"].map(lambda v: json.dumps(v) if isinstance(v, list) else "")
-    df["face"] = df["face"].astype("Int64")
-    df.to_csv(out_path, index=False)
+    with open(out_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, PREDICT_COLUMNS, restval="", extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            landmarks = row.get("landmarks")
+            writer.writerow({**row, "landmarks": json.dumps(landmarks) if isinstance(landmarks, list) else ""})
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -418,23 +484,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out_path = Path(args.out)
     if out_path.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out must end in .csv or .json, got {out_path.name}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     detector = None
     if not args.aligned:
         from agegender.faces import FaceDetector
 
-        detector = FaceDetector(min_face_size=args.min_face, thresholds=(0.6, 0.7, args.det_threshold),
-                                device=args.device)
+        detector = FaceDetector(min_face_size=args.min_face, thresholds=(0.6, 0.7, args.det_threshold))
     predictor = Predictor.from_checkpoint(resolve_model_path(args.model), device=args.device, flip_tta=args.tta,
-                                          detector=detector, runtime=args.runtime)
+                                          detector=detector, runtime=args.runtime, workers=args.workers or None)
     annotate_dir = Path(args.annotate) if args.annotate else None
     if annotate_dir:
         annotate_dir.mkdir(parents=True, exist_ok=True)
     files, errors = _predict_files(args)
     rows: list[dict] = [{"file": f, "status": "error", "error": why} for f, why in errors]
+    # Files are read in groups that keep every worker busy; photos in smaller ones (a decoded photo is large).
+    group = args.batch_size * predictor.workers * (4 if args.aligned else 1)
     with tqdm(total=len(files), desc="predict", unit="img", disable=True if args.quiet else None,
               dynamic_ncols=True) as bar:
-        for start in range(0, len(files), args.batch_size):
-            batch = files[start : start + args.batch_size]
+        for start in range(0, len(files), group):
+            batch = files[start : start + group]
             _predict_batch(predictor, batch, args, annotate_dir, rows, errors)
             bar.update(len(batch))
     for f, why in errors:

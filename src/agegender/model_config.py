@@ -1,0 +1,76 @@
+"""What a network is and how it is fed: :class:`ModelConfig`, saved in every checkpoint and ONNX export.
+
+Torch-free, so that inference with onnxruntime can read an exported model's config without PyTorch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from agegender.preprocess import IMAGENET_MEAN, IMAGENET_STD, PresetConfig
+
+AGE_HEADS = ("regression", "dldl")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network; saved inside every checkpoint."""
+
+    backbone: str = "resnet18"
+    head_hidden: int = 256
+    dropout: float = 0.2
+    # "regression": one neuron (the reference). "dldl": a softmax over ages 0..max_age whose expectation is
+    # the estimate (label-distribution learning); its spread gives each estimate its own uncertainty.
+    age_head: str = "regression"
+    max_age: int = 100
+    image_size: int = 112
+    crop_pct: float = 0.9
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # The age head predicts (age - age_mean) / age_std; the network returns years as well.
+    age_mean: float = 33.0
+    age_std: float = 20.0
+    # Optional monotone map of the network's age estimate, fitted on validation (see ``fit_age_map``):
+    # {"x": raw estimates, "y": years} knots. None = the raw estimate.
+    age_map: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.age_head not in AGE_HEADS:
+            raise ValueError(f"unknown age head {self.age_head!r}; choose one of {', '.join(AGE_HEADS)}")
+        if self.max_age < 1:
+            raise ValueError(f"max_age must be >= 1, got {self.max_age}")
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+        if self.age_std <= 0:
+            raise ValueError(f"age_std must be > 0, got {self.age_std}")
+        if self.age_map is not None:
+            x, y = self.age_map.get("x"), self.age_map.get("y")
+            if x is None or y is None or len(x) != len(y) or len(x) < 2:
+                raise ValueError("age_map needs lists 'x' and 'y' of the same length >= 2")
+            steps_x = [b - a for a, b in zip(x[:-1], x[1:], strict=True)]
+            steps_y = [b - a for a, b in zip(y[:-1], y[1:], strict=True)]
+            if min(steps_x) <= 0 or min(steps_y) < 0:
+                raise ValueError("age_map must be increasing: x strictly, y not decreasing")
+            self.age_map = {"x": [float(v) for v in x], "y": [float(v) for v in y]}
+        self.mean = tuple(float(x) for x in self.mean)
+        self.std = tuple(float(x) for x in self.std)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def preset(self) -> PresetConfig:
+        """The input geometry and normalisation this network was trained with."""
+        return PresetConfig(self.image_size, self.crop_pct, self.mean, self.std)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"model config has unknown keys {sorted(unknown)} (written by a newer agegender?)")
+        return cls(**d)
