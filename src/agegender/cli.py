@@ -16,6 +16,14 @@ log = logging.getLogger("agegender")
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+COMMANDS = {
+    "train": "train a model on a UTKFace folder",
+    "evaluate": "evaluate a checkpoint on labelled images",
+    "predict": "find faces in photos and predict their age and gender",
+    "export": "export a model to ONNX",
+    "serve": "run the web service and page",
+}
+
 
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
@@ -119,23 +127,28 @@ class MissingExtra(Exception):
     """A command needs packages this installation lacks (the message says which extra to install)."""
 
 
-def _needs(modules: tuple[str, ...], extra: str, command: str) -> None:
-    """Raise :class:`MissingExtra` unless every module in ``modules`` can be imported."""
+def _importable(module: str) -> bool:
     from importlib.util import find_spec
 
-    missing = [m for m in modules if find_spec(m) is None]
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules, i.e. blocked
+        return False
+
+
+def _needs(modules: tuple[str, ...], extra: str, command: str) -> None:
+    """Raise :class:`MissingExtra` unless every module in ``modules`` can be imported."""
+    missing = [m for m in modules if not _importable(m)]
     if missing:
         raise MissingExtra(f"agegender {command} needs {', '.join(missing)}, not installed here: "
                            f"pip install 'agegender[{extra}]'")
 
 
-def _add_train_parser(sub: argparse._SubParsersAction, full: bool = True) -> None:
-    t = sub.add_parser("train", help="train a model on a UTKFace folder",
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help=COMMANDS["train"],
                        description="Train on a UTKFace folder. Defaults come from the built-in config, then "
                        "--config YAML, then the flags given here. Writes best.pt, last.pt, config.yaml, "
                        "metrics.csv, split.csv and curves.png into --out.")
-    if not full:  # the options come from the training config, which imports torch: only for `train` itself
-        return
     _needs(("torch", "torchvision", "yaml", "pandas", "matplotlib"), "train", "train")
     t.add_argument("--config", help="YAML file of options (keys as in a run's config.yaml)")
     _add_train_options(t)
@@ -147,7 +160,7 @@ def _add_train_parser(sub: argparse._SubParsersAction, full: bool = True) -> Non
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     from agegender.sources import SUBSETS
 
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint on labelled images",
+    e = sub.add_parser("evaluate", help=COMMANDS["evaluate"],
                        description="Evaluate on a UTKFace folder (all valid images, or one subset of a split "
                        "file). Writes REPORT.json, PREDS.csv and two plots beside REPORT.json.")
     e.add_argument("--data", required=True, help="UTKFace folder")
@@ -167,7 +180,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="find faces in photos and predict their age and gender",
+    p = sub.add_parser("predict", help=COMMANDS["predict"],
                        description="Detect faces (MTCNN), align each to UTKFace's framing and predict; with "
                        "--aligned, treat each image as a ready face crop. Inputs are files or folders (searched "
                        "recursively). Writes CSV or JSON by the extension of --out: a row per face, and a row "
@@ -189,7 +202,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
-    x = sub.add_parser("export", help="export a model to ONNX",
+    x = sub.add_parser("export", help=COMMANDS["export"],
                        description="Export to ONNX: input 'image' float32 [N, 3, S, S] (normalised as the "
                        "model's eval preset; N dynamic), outputs 'age', 'age_sigma', 'p_female', "
                        "'gender_logit' [N]. Model config, preprocessing and calibration travel in the file's "
@@ -201,7 +214,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the web service and page",
+    p = sub.add_parser("serve", help=COMMANDS["serve"],
                        description="Serve POST /v1/predict, GET /v1/model and a web page at / over HTTP "
                        "(needs the serve extras: pip install 'agegender[serve]').")
     p.add_argument("--model", help="checkpoint or exported .onnx (default: the bundled model)")
@@ -222,8 +235,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; the training options (which import torch) are only added when ``argv`` is a train command
-    (all of them when ``argv`` is None)."""
+    """The parser; only the subcommand named in ``argv`` gets its options (all do when ``argv`` is None), so
+    that ``agegender --help`` imports nothing and ``agegender predict`` never imports torch (the training
+    options come from the training config)."""
     parser = argparse.ArgumentParser(
         prog="agegender",
         description="Estimate age (years) and gender from face images: train, evaluate and predict.",
@@ -231,9 +245,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     command = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
-    _add_train_parser(sub, full=command in (None, "train"))
-    for add in (_add_evaluate_parser, _add_predict_parser, _add_export_parser, _add_serve_parser):
-        add(sub)
+    builders = {"train": _add_train_parser, "evaluate": _add_evaluate_parser, "predict": _add_predict_parser,
+                "export": _add_export_parser, "serve": _add_serve_parser}
+    for name, add in builders.items():
+        if command is None or command == name:
+            add(sub)
+        else:  # listed in the overview only: its options (and what they import) are built when it is the command
+            sub.add_parser(name, help=COMMANDS[name])
     return parser
 
 

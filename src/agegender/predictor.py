@@ -83,7 +83,8 @@ class Predictor:
     """Age and gender for face crops framed like UTKFace's aligned crops, and for faces found in photos.
 
     ``model``: an :class:`agegender.runtime.OnnxModel`, or a torch ``AgeGenderNet`` (run on ``device``).
-    ``workers``: threads that run batches side by side (default: one per core, at most 4).
+    ``workers``: threads that run batches side by side (default: one per core, at most 4, for onnxruntime;
+    1 for torch, which uses several threads per call).
 
     >>> from agegender.checkpoint import BUNDLED_ONNX
     >>> p = Predictor(OnnxModel(BUNDLED_ONNX))
@@ -110,7 +111,10 @@ class Predictor:
         self.interval_scale: float | None = interval["scale"] if interval else None
         self.interval_coverage: float | None = interval["coverage"] if interval else None
         self.checkpoint_info = {k: v for k, v in ckpt.items() if not k.endswith("_state")}
-        self.workers = default_workers() if workers is None else max(1, workers)
+        # onnxruntime runs each call on one thread, so batches run side by side; torch spreads each call over
+        # its own threads, and running two at once would only make them fight over the cores.
+        parallel = isinstance(model, OnnxModel)
+        self.workers = (default_workers() if parallel else 1) if workers is None else max(1, workers)
         self._detector = detector
 
     @property
