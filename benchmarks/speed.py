@@ -153,6 +153,17 @@ def count_rows(path: Path, column: str) -> tuple[int, int]:
     return len(rows), sum(1 for r in rows if r.get(column) not in ("", None))
 
 
+def found_faces(path: Path, who: str) -> str:
+    """How many photos got an age in a predict CSV (ours: rows with an age; face-api.js: non-empty age_pred)."""
+    if who == "face-api.js":
+        total, found = count_rows(path, "age_pred")
+        return f"{who}: a face in {found} of {total} photos"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return (f"{who}: a face in {len({r['file'] for r in rows if r['status'] == 'ok'})} of "
+            f"{len({r['file'] for r in rows})} photos")
+
+
 def venv_install(repo: Path, work: Path) -> tuple[float | None, str]:
     """Disk size (MB) of a fresh venv with ``pip install repo`` (no extras), and the one-line result of running
     ``agegender predict`` on the example photo inside it."""
@@ -179,7 +190,80 @@ def median_run(cmd: list[str], times: int, env: dict[str, str] | None = None) ->
     return sorted(runs, key=lambda r: r.wall)[len(runs) // 2]
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: C901 - a script: one step after the other
+class Bench:
+    """The timed runs of one benchmark, all on the same input folders, collected as rows of the table."""
+
+    def __init__(self, work: Path, peer: Path | None) -> None:
+        self.work, self.peer = work, peer
+        self.rows: list[tuple[str, str, Run, int]] = []  # (work, who, run, images)
+
+    def csv(self, who: str, label: str) -> Path:
+        return self.work / f"{who}-{label}.csv".replace(" ", "_").replace(",", "")
+
+    def ours(self, label: str, who: str, folder: Path, extra: list[str], env: dict | None = None) -> None:
+        """``agegender predict FOLDER`` with ``extra`` arguments, in a process of its own."""
+        r = timed(agegender_cmd(sys.executable, "predict", str(folder), "--out", str(self.csv(who, label)), "-q",
+                                *extra), env)
+        if r.rc not in (0, 1):
+            sys.exit(f"agegender predict failed ({r.rc}):\n{r.output[-3000:]}")
+        self.rows.append((label, who, r, len(list(folder.iterdir()))))
+
+    def face_api(self, label: str, mode: str, folder: Path) -> None:
+        """face-api.js on the same folder (``mode`` crop or detect), when the peer is there."""
+        if self.peer is None:
+            return
+        r = timed(["node", str(self.peer / "predict.mjs"), "--mode", mode, str(folder),
+                   str(self.csv("face-api.js", label))], cwd=self.peer)
+        if r.rc != 0:
+            sys.exit(f"face-api.js failed ({r.rc}):\n{r.output[-3000:]}")
+        self.rows.append((label, "face-api.js", r, len(list(folder.iterdir()))))
+
+    def runs(self, crops: Path, photos: Path, runtimes: list[str], baseline: str | None, hog: int) -> None:
+        for rt in runtimes:
+            self.ours("crops", f"agegender {rt}", crops, ["--aligned", "--runtime", rt])
+            self.ours("photos", f"agegender {rt}", photos, ["--runtime", rt])
+        self.face_api("crops", "crop", crops)
+        self.face_api("photos", "detect", photos)
+        if baseline:
+            env = {**os.environ, "PYTHONPATH": str(Path(baseline).resolve())}
+            self.ours("crops", "baseline", crops, ["--aligned"], env)
+            self.ours("photos", "baseline", photos, [], env)
+        if hog:
+            with cpu_hog(hog):
+                self.ours("crops, busy", f"agegender {runtimes[0]}", crops, ["--aligned", "--runtime", runtimes[0]])
+                self.ours("photos, busy", f"agegender {runtimes[0]}", photos, ["--runtime", runtimes[0]])
+                self.face_api("crops, busy", "crop", crops)
+                self.face_api("photos, busy", "detect", photos)
+
+
+def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+    """The two input folders (kept in ``work`` between runs with ``--work``)."""
+    crops, photos = work / "crops", work / "photos"
+    if not crops.exists():
+        prepare_crops(Path(args.data), args.n_crops, crops)
+    if not photos.exists():
+        if args.photos:
+            shutil.copytree(args.photos, photos)
+        else:
+            prepare_photos(AAF, args.n_photos, photos, args.photo_width)
+    return crops, photos
+
+
+def parity(a: Path, b: Path) -> str:
+    """Largest differences between two predict CSVs of the same crops."""
+    def read(p: Path) -> dict[str, tuple[float, float]]:
+        with open(p, newline="") as f:
+            return {r["file"].rsplit("/", 1)[-1]: (float(r["age"]), float(r["p_female"])) for r in csv.DictReader(f)
+                    if r["status"] == "ok"}
+
+    x, y = read(a), read(b)
+    common = sorted(set(x) & set(y))
+    age = max(abs(x[k][0] - y[k][0]) for k in common)
+    p = max(abs(x[k][1] - y[k][1]) for k in common)
+    return f"{len(common)} crops: max |age difference| {age:.3f} years, max |p_female difference| {p:.4f}"
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="the UTKFace folder (crops come from the bundled model's test "
                     "subset)")
@@ -190,101 +274,55 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - a script: one st
     ap.add_argument("--runtimes", default="onnx,torch", help="agegender runtimes to time (default onnx,torch)")
     ap.add_argument("--faceapi", help="face-api.js peer folder (default: ../faceapi-peer when present)")
     ap.add_argument("--baseline", help="src folder of another agegender checkout to time the same way")
-    ap.add_argument("--hog", type=int, default=os.cpu_count() or 1, help="busy processes for the loaded runs")
-    ap.add_argument("--no-hog", action="store_true", help="skip the runs beside busy processes")
+    ap.add_argument("--hog", type=int, default=os.cpu_count() or 1, help="busy processes for the loaded runs "
+                    "(default: one per core; 0 skips those runs)")
     ap.add_argument("--venv", action="store_true", help="also measure a fresh inference-only install (PyPI)")
     ap.add_argument("--work", help="folder for inputs and outputs (default: a temporary folder, removed)")
     args = ap.parse_args(argv)
     load_before = os.getloadavg()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="agegender-speed-"))
     work.mkdir(parents=True, exist_ok=True)
-    python = sys.executable
-    env = dict(os.environ)
-    peer = faceapi_peer(args.faceapi)
+    runtimes = [r for r in args.runtimes.split(",") if r]
     try:
-        crops, photos = work / "crops", work / "photos"
-        if not crops.exists():
-            prepare_crops(Path(args.data), args.n_crops, crops)
-        if not photos.exists():
-            if args.photos:
-                shutil.copytree(args.photos, photos)
-            else:
-                prepare_photos(AAF, args.n_photos, photos, args.photo_width)
-        n_crops = len(list(crops.iterdir()))
-        n_photos = len(list(photos.iterdir()))
-        sizes = {Image.open(p).size for p in photos.iterdir()}
-        rows: list[tuple[str, str, Run, int]] = []  # (work, who, run, n)
-
-        def ours(label: str, who: str, folder: Path, n: int, extra: list[str], run_env: dict | None = None,
-                 py: str = python) -> Run:
-            out = work / f"{who}-{label}.csv".replace(" ", "_")
-            r = timed(agegender_cmd(py, "predict", str(folder), "--out", str(out), "-q", *extra), run_env or env)
-            if r.rc not in (0, 1):
-                sys.exit(f"agegender predict failed ({r.rc}):\n{r.output[-3000:]}")
-            rows.append((label, who, r, n))
-            return r
-
-        def peer_run(label: str, mode: str, folder: Path, n: int) -> Run | None:
-            if peer is None:
-                return None
-            out = work / f"faceapi-{label}.csv".replace(" ", "_")
-            r = timed(["node", str(peer / "predict.mjs"), "--mode", mode, str(folder), str(out)], cwd=peer)
-            if r.rc != 0:
-                sys.exit(f"face-api.js failed ({r.rc}):\n{r.output[-3000:]}")
-            rows.append((label, "face-api.js", r, n))
-            return r
-
-        runtimes = [r for r in args.runtimes.split(",") if r]
-        for rt in runtimes:
-            ours("crops", f"agegender {rt}", crops, n_crops, ["--aligned", "--runtime", rt])
-            ours("photos", f"agegender {rt}", photos, n_photos, ["--runtime", rt])
-        peer_run("crops", "crop", crops, n_crops)
-        peer_run("photos", "detect", photos, n_photos)
-        if args.baseline:
-            base_env = {**env, "PYTHONPATH": str(Path(args.baseline).resolve())}
-            ours("crops", "baseline", crops, n_crops, ["--aligned"], base_env)
-            ours("photos", "baseline", photos, n_photos, [], base_env)
-        if not args.no_hog:
-            with cpu_hog(args.hog):
-                ours("crops, busy", f"agegender {runtimes[0]}", crops, n_crops, ["--aligned", "--runtime", runtimes[0]])
-                ours("photos, busy", f"agegender {runtimes[0]}", photos, n_photos, ["--runtime", runtimes[0]])
-                peer_run("crops, busy", "crop", crops, n_crops)
-                peer_run("photos, busy", "detect", photos, n_photos)
-        one = next(photos.iterdir())
-        cold = median_run(agegender_cmd(python, "predict", str(one), "--out", str(work / "one.csv"), "-q"), 3)
-        helps = median_run([str(Path(python).with_name("agegender")) if Path(python).with_name("agegender").exists()
-                            else python, *([] if Path(python).with_name("agegender").exists() else
-                                           ["-m", "agegender"]), "--help"], 5)
+        crops, photos = prepare(args, work)
+        bench = Bench(work, faceapi_peer(args.faceapi))
+        bench.runs(crops, photos, runtimes, args.baseline, args.hog)
+        one = sorted(photos.iterdir())[0]
+        cold = median_run(agegender_cmd(sys.executable, "predict", str(one), "--out", str(work / "one.csv"), "-q"), 3)
+        script = Path(sys.executable).with_name("agegender")
+        helps = median_run([str(script), "--help"] if script.exists() else agegender_cmd(sys.executable, "--help"), 5)
         venv = venv_install(ROOT, work) if args.venv else (None, "not measured (run with --venv)")
-        found = {who: count_rows(work / f"{who}-photos.csv".replace(" ", "_"), "age")
-                 for who in [f"agegender {rt}" for rt in runtimes]}
-        report(args, rows, cold, helps, venv, found, load_before, n_crops, n_photos, sizes, peer)
+        notes = [found_faces(bench.csv(who, "photos"), who) for who in dict.fromkeys(w for _, w, _, _ in bench.rows)]
+        if {"onnx", "torch"} <= set(runtimes):
+            notes.append("onnx vs torch runtime on " + parity(bench.csv("agegender onnx", "crops"),
+                                                              bench.csv("agegender torch", "crops")))
+        report(bench, cold, helps, venv, notes, load_before, photos)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def report(args: argparse.Namespace, rows: list[tuple[str, str, Run, int]], cold: Run, helps: Run,
-           venv: tuple[float | None, str], found: dict[str, tuple[int, int]], load_before: tuple[float, ...],
-           n_crops: int, n_photos: int, sizes: set, peer: Path | None) -> None:
+def report(bench: Bench, cold: Run, helps: Run, venv: tuple[float | None, str], notes: list[str],
+           load_before: tuple[float, ...], photos: Path) -> None:
+    sizes = [Image.open(p).size for p in photos.iterdir()]
     print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"{platform.node()}: {os.cpu_count()} cores, load average before the run {load_before[0]:.2f} "
-          f"(1 min) {load_before[2]:.2f} (15 min); {n_crops} crops, {n_photos} photos "
-          f"({min(sizes)[0]}-{max(sizes)[0]} x {min(s[1] for s in sizes)}-{max(s[1] for s in sizes)} px)"
-          + ("" if peer else "; face-api.js peer not found"))
-    peer_rate = {label: r.per_cpu_s(n) for label, who, r, n in rows if who == "face-api.js"}
-    idle_wall = {(label, who): r.wall for label, who, r, n in rows}
+    print(f"{os.cpu_count()} cores ({platform.machine()}), load average before the run {load_before[0]:.2f} (1 min) "
+          f"{load_before[2]:.2f} (15 min); photos {min(w for w, _ in sizes)}-{max(w for w, _ in sizes)} x "
+          f"{min(h for _, h in sizes)}-{max(h for _, h in sizes)} px" + ("" if bench.peer else
+                                                                        "; face-api.js peer not found"))
+    peer_rate = {label: r.per_cpu_s(n) for label, who, r, n in bench.rows if who == "face-api.js"}
+    idle_wall = {(label, who): r.wall for label, who, r, n in bench.rows}
     print("| work | who | wall s | CPU s | images per CPU-second | peak RSS MB | vs face-api.js | busy / idle wall |")
     print("|---|---|---|---|---|---|---|---|")
-    for label, who, r, n in rows:
+    for label, who, r, n in bench.rows:
         base = label.replace(", busy", "")
         ratio = r.per_cpu_s(n) / peer_rate[label] if label in peer_rate and who != "face-api.js" else None
         slow = r.wall / idle_wall[(base, who)] if label.endswith("busy") and (base, who) in idle_wall else None
         print(f"| {n} {label} | {who} | {r.wall:.1f} | {r.cpu:.1f} | {r.per_cpu_s(n):.1f} | {r.rss_mb:.0f} | "
               f"{'' if ratio is None else f'{ratio:.2f}x'} | {'' if slow is None else f'{slow:.2f}x'} |")
-    for who, (total, with_face) in found.items():
-        print(f"{who}: a face in {with_face} of {total} photos")
+    for line in notes:
+        print(line)
     print(f"one photo from a fresh process (median of 3): {cold.wall:.2f} s wall, {cold.cpu:.2f} CPU s, "
           f"peak RSS {cold.rss_mb:.0f} MB")
     print(f"agegender --help (median of 5): {helps.wall:.2f} s wall")

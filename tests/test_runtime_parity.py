@@ -96,7 +96,7 @@ def test_numpy_preprocessing_equals_torchvision() -> None:
     (the training pipeline), on real crops and on odd shapes."""
     from torchvision.transforms import v2 as T
 
-    for cfg in (PresetConfig(112, 0.9), PresetConfig(32, 0.875), PresetConfig(24, 1.0)):
+    for cfg in (PresetConfig(112, 0.9), PresetConfig(32, 0.875), PresetConfig(24, 1.0), PresetConfig(32, 1.25)):
         reference = T.Compose([T.Resize(cfg.resize_size, antialias=True), T.CenterCrop(cfg.image_size), T.ToImage(),
                                T.ToDtype(torch.float32, scale=True), T.Normalize(cfg.mean, cfg.std)])
         rng = np.random.default_rng(0)

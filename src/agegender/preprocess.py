@@ -115,7 +115,7 @@ def default_workers() -> int:
 @lru_cache(maxsize=4)
 def _executor(workers: int) -> ThreadPoolExecutor:
     # One long-lived pool per size: thread start-up is paid once per process, not per batch.
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agegender")
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agegender-pool")
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> list[R]:
@@ -127,7 +127,7 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None =
     items = list(items)
     workers = default_workers() if workers is None else workers
     # A pool thread waiting on its own pool could deadlock: nested calls run inline.
-    nested = threading.current_thread().name.startswith("agegender")
+    nested = threading.current_thread().name.startswith("agegender-pool")
     if workers <= 1 or len(items) <= 1 or nested:
         return [fn(x) for x in items]
     return list(_executor(workers).map(fn, items))
