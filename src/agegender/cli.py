@@ -212,7 +212,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
     p.add_argument("--annotate", metavar="DIR", help="also write each photo with boxes and labels drawn into DIR; "
                    "for a video, the annotated copy to write (.mp4 or .avi)")
-    p.add_argument("--every", type=_number(int, 1), default=1, metavar="K",
+    p.add_argument("--every", type=int, default=1, metavar="K",
                    help="video: detect faces in every K-th frame (default 1, every frame)")
     p.add_argument("--tracks", metavar="PATH", help="video: the per-track rows (.csv or .json; default: beside "
                    "--out, named OUT_tracks)")
