@@ -1,5 +1,8 @@
 """Checkpoints are plain dicts, written atomically and read with ``weights_only=True``.
 
+Importing this module does not import torch (inference with onnxruntime needs :class:`CheckpointError` and the
+bundled model's paths); the functions that read or write ``.pt`` files import it when called.
+
 A checkpoint never unpickles code: ``torch.load(..., weights_only=True)`` accepts only tensors and plain
 containers, so a file crafted to run code on load is refused.
 
@@ -21,18 +24,22 @@ import math
 import pickle
 import re
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from agegender.data import GENDERS, RACES
-from agegender.model import AgeGenderNet, ModelConfig
+from agegender.model_config import ModelConfig
 from agegender.outputs import atomic_write, interrupts_held  # noqa: F401 - interrupts_held is re-exported
+
+if TYPE_CHECKING:
+    from agegender.model import AgeGenderNet
 
 FORMAT = "agegender"
 FORMAT_VERSION = 1
 
-# The model that ships inside the package (see MODEL_CARD.md); used wherever no checkpoint is named.
+# The model that ships inside the package (see MODEL_CARD.md); used wherever no checkpoint is named. Its ONNX
+# export (scripts/export_bundled.py) is what inference runs; the checkpoint is for training (--init) and torch.
 BUNDLED_MODEL = Path(__file__).with_name("default_model.pt")
+BUNDLED_ONNX = BUNDLED_MODEL.with_suffix(".onnx")
 
 
 class CheckpointError(ValueError):
@@ -46,6 +53,16 @@ def resolve_model_path(path: str | Path | None) -> Path:
     if not BUNDLED_MODEL.is_file():
         raise CheckpointError(f"this installation has no bundled model ({BUNDLED_MODEL}); pass --model CKPT")
     return BUNDLED_MODEL
+
+
+def import_torch(purpose: str):
+    """``torch``, or a :class:`CheckpointError` saying how to install it (an inference-only install has none)."""
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(f"{purpose} needs PyTorch, which is not installed: pip install 'agegender[train]', "
+                              "or use an exported .onnx model") from None
+    return torch
 
 
 def make_checkpoint(model: AgeGenderNet, training: dict | None = None, **resume_state) -> dict:
@@ -64,6 +81,8 @@ def make_checkpoint(model: AgeGenderNet, training: dict | None = None, **resume_
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> None:
     """Write ``ckpt`` atomically (see :func:`atomic_write`)."""
+    import torch
+
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
@@ -72,6 +91,7 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    torch = import_torch(f"reading the checkpoint {path.name}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -111,10 +131,12 @@ def check_contents(ckpt: dict, source: str | Path) -> None:
     """Refuse a checkpoint (or an export's metadata) whose parts do not have the types every consumer relies
     on: a crafted file may put a list where the weights go or a string where the interval's scale goes."""
     state = ckpt.get("model_state", {})
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+    # An export's metadata has no weights, and an inference-only install has no torch to type them with.
+    tensor = import_torch("reading weights").Tensor if state else object
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, tensor)
                                               for k, v in state.items()):
         raise CheckpointError(f"{source}: model_state is not a mapping of parameter names to tensors")
-    for key in ("model_config", "calibration", "inference", "training"):
+    for key in ("model_config", "calibration", "inference", "labels", "training"):
         if not isinstance(ckpt.get(key, {}), dict):
             raise CheckpointError(f"{source}: {key} is not a mapping (got {type(ckpt[key]).__name__})")
     interval = ckpt.get("calibration", {}).get("age_interval")
@@ -134,6 +156,8 @@ def check_resumable(ckpt: dict, path: str | Path) -> None:
 
 def model_from_checkpoint(ckpt: dict) -> AgeGenderNet:
     """Build the network from the config saved in ``ckpt`` and load its weights (strictly)."""
+    from agegender.model import AgeGenderNet
+
     try:
         config = ModelConfig.from_dict(dict(ckpt["model_config"]))
     except (TypeError, ValueError) as e:

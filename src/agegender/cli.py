@@ -21,6 +21,14 @@ log = logging.getLogger("agegender")
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
+COMMANDS = {
+    "train": "train a model on a UTKFace folder",
+    "evaluate": "evaluate a checkpoint on labelled images",
+    "predict": "find faces in photos or a video and predict their age and gender",
+    "export": "export a model to ONNX",
+    "serve": "run the web service and page",
+}
+
 
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
@@ -140,8 +148,10 @@ def _add_model_options(p: argparse.ArgumentParser, device: str) -> None:
     p.add_argument("--device", default=device, help=f"auto, cpu, cuda, ... (default {device})")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the mirrored image (default: as the checkpoint was calibrated)")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="run the network with torch (default) or onnxruntime (a .onnx --model implies onnx)")
+    p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
+                   help="auto (default): onnxruntime for the bundled model and .onnx files, torch for other .pt "
+                   "checkpoints; onnx: export a .pt once (cached) and run it with onnxruntime; torch: the .pt in "
+                   "torch")
 
 
 def _add_max_faces(p: argparse.ArgumentParser, what_then: str) -> None:
@@ -159,11 +169,33 @@ def _add_face_policy(p: argparse.ArgumentParser) -> None:
                    help="with --detect: skip photos with several faces (default) or use the largest")
 
 
+class MissingExtra(Exception):
+    """A command needs packages this installation lacks (the message says which extra to install)."""
+
+
+def _importable(module: str) -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules, i.e. blocked
+        return False
+
+
+def _needs(modules: tuple[str, ...], extra: str, command: str) -> None:
+    """Raise :class:`MissingExtra` unless every module in ``modules`` can be imported."""
+    missing = [m for m in modules if not _importable(m)]
+    if missing:
+        raise MissingExtra(f"agegender {command} needs {', '.join(missing)}, not installed here: "
+                           f"pip install 'agegender[{extra}]'")
+
+
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train a model on a UTKFace folder",
+    t = sub.add_parser("train", help=COMMANDS["train"],
                        description="Train on a UTKFace folder. Defaults come from the built-in config, then "
                        "--config YAML, then the flags given here. Writes best.pt, last.pt, config.yaml, "
                        "metrics.csv, split.csv and curves.png into --out.")
+    _needs(("torch", "torchvision", "yaml", "pandas", "matplotlib"), "train", "train")
     t.add_argument("--config", help="YAML file of options (keys as in a run's config.yaml)")
     _add_train_options(t)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt, with the "
@@ -174,7 +206,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     from agegender.sources import SUBSETS
 
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint on labelled images",
+    e = sub.add_parser("evaluate", help=COMMANDS["evaluate"],
                        description="Evaluate on a UTKFace folder (all valid images, or one subset of a split "
                        "file). Writes REPORT.json, PREDS.csv and two plots beside REPORT.json.")
     e.add_argument("--data", required=True, help="UTKFace folder")
@@ -191,14 +223,15 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--subset", default="test", choices=SUBSETS, help="subset (default test)")
     e.add_argument("--out", required=True, help="REPORT.json to write")
     e.add_argument("--predictions", help="PREDS.csv to write (default: beside REPORT.json)")
-    e.add_argument("--batch-size", type=_number(int, 1), default=128)
-    e.add_argument("--num-workers", type=_number(int, -1), default=-1, help="loader processes, -1 = automatic")
+    e.add_argument("--batch-size", type=_number(int, 1), default=128, help="images read per step (default 128)")
+    e.add_argument("--num-workers", type=_number(int, -1), default=-1,
+                   help="threads that read the images, -1 = one per core (default)")
     _add_model_options(e, "auto")
     _add_common(e)
 
 
 def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="find faces in photos or a video and predict their age and gender",
+    p = sub.add_parser("predict", help=COMMANDS["predict"],
                        description="Detect faces (MTCNN), align each to UTKFace's framing and predict; with "
                        "--aligned, treat each image as a ready face crop. Inputs are files or folders (searched "
                        "recursively). Writes CSV or JSON by the extension of --out: a row per face, and a row "
@@ -221,13 +254,15 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--det-threshold", type=_number(float, 0, 1), default=0.7,
                    help="minimum detector score of the final stage (default 0.7)")
     _add_max_faces(p, "a photo with more gets a faces_dropped row")
-    p.add_argument("--batch-size", type=_number(int, 1), default=64)
+    p.add_argument("--batch-size", type=_number(int, 1), default=16, help="images per network call (default 16)")
+    p.add_argument("--workers", type=_number(int, 0), default=0,
+                   help="threads that decode, detect and predict side by side (default 0 = one per core, at most 4)")
     _add_model_options(p, "cpu")
     _add_common(p)
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
-    x = sub.add_parser("export", help="export a model to ONNX",
+    x = sub.add_parser("export", help=COMMANDS["export"],
                        description="Export to ONNX: input 'image' float32 [N, 3, S, S] (normalised as the "
                        "model's eval preset; N dynamic), outputs 'age', 'age_sigma', 'p_female', "
                        "'gender_logit' [N]. Model config, preprocessing and calibration travel in the file's "
@@ -239,15 +274,22 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the web service and page",
+    p = sub.add_parser("serve", help=COMMANDS["serve"],
                        description="Serve POST /v1/predict, GET /v1/model and a web page at / over HTTP "
                        "(needs the serve extras: pip install 'agegender[serve]').")
-    p.add_argument("--model", help="checkpoint (default: the bundled model)")
+    p.add_argument("--model", help="checkpoint or exported .onnx (default: the bundled model)")
+    p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
+                   help="as for predict (default auto: onnxruntime for the bundled model and .onnx files)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="port, 0 = any free one (default 8000)")
-    p.add_argument("--workers", type=_number(int, 1, 256), default=1, help="prediction threads (default 1)")
+    p.add_argument("--workers", type=_number(int, 1, 256), default=1,
+                   help="batches predicted at the same time (default 1; each batch uses every core)")
     p.add_argument("--max-queue", type=_number(int, 0), default=8,
-                   help="requests that may wait for a thread (default 8)")
+                   help="requests that may wait for a worker (default 8)")
+    p.add_argument("--max-batch", type=_number(int, 1, 256), default=8,
+                   help="requests predicted together (default 8)")
+    p.add_argument("--batch-window-ms", type=_number(float, 0), default=5,
+                   help="how long a batch waits for more requests once one has arrived (default 5 ms)")
     p.add_argument("--max-upload-mb", type=_number(float, 0, low_open=True), default=10,
                    help="largest upload in MiB (default 10)")
     p.add_argument("--timeout", type=_number(float, 0, low_open=True), default=30,
@@ -266,7 +308,10 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     _add_common(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the subcommand named in ``argv`` gets its options (all do when ``argv`` is None), so
+    that ``agegender --help`` imports nothing and ``agegender predict`` never imports torch (the training
+    options come from the training config)."""
     parser = _Parser(
         prog="agegender",
         description="Estimate age (years) and gender from face images: train, evaluate and predict.",
@@ -274,21 +319,42 @@ def build_parser() -> argparse.ArgumentParser:
         "130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train_parser, _add_evaluate_parser, _add_predict_parser, _add_export_parser,
-                _add_serve_parser):
-        add(sub)
+    command = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    builders = {"train": _add_train_parser, "evaluate": _add_evaluate_parser, "predict": _add_predict_parser,
+                "export": _add_export_parser, "serve": _add_serve_parser}
+    for name, add in builders.items():
+        if command is None or command == name:
+            add(sub)
+        else:  # listed in the overview only: its options (and what they import) are built when it is the command
+            sub.add_parser(name, help=COMMANDS[name])
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(-1 if args.quiet else args.verbose)
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that are a user's error (exit 2, one line). The training errors are looked up only
+    where their modules were loaded: an error of a module never imported cannot have been raised, and
+    importing it would load torch."""
     from agegender.checkpoint import CheckpointError
     from agegender.data import DataError
-    from agegender.engine import NonFiniteLossError
     from agegender.images import ImageReadError
-    from agegender.model import PretrainedWeightsError
 
+    errors: list[type[BaseException]] = [DataError, CheckpointError, ImageReadError, MissingExtra,
+                                         FileNotFoundError, ValueError]
+    for module, name in (("agegender.engine", "NonFiniteLossError"), ("agegender.model", "PretrainedWeightsError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except MissingExtra as e:
+        _setup_logging(0)
+        log.error("%s", e)
+        return EXIT_USAGE
+    _setup_logging(-1 if args.quiet else args.verbose)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
                 "serve": cmd_serve}
     # Pillow warns about every odd EXIF tag of a hostile file; the gate (images.open_image) already reports
@@ -300,14 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return EXIT_INTERRUPTED
-    except (DataError, CheckpointError, PretrainedWeightsError, ImageReadError, NonFiniteLossError,
-            FileNotFoundError, ValueError) as e:
-        log.error("%s", _one_line(e))
-        return EXIT_USAGE
-    except OSError as e:  # the machine said no: permissions, a full disk, a missing device
-        log.error("%s", _one_line(e))
-        return EXIT_USAGE
-    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback with -v, and a code of its own
+    except Exception as e:  # noqa: BLE001 - sorted below: the user's error, the machine's, or a bug
+        # OSError: the machine said no (permissions, a full disk, a missing device).
+        if isinstance(e, (*_user_errors(), OSError)):
+            log.error("%s", _one_line(e))
+            return EXIT_USAGE
+        # A bug: one line, the traceback with -v, and a code of its own.
         log.error("internal error, please report it: %s: %s (run with -v for the traceback)", type(e).__name__,
                   _one_line(e))
         log.debug("traceback", exc_info=True)
@@ -367,6 +431,7 @@ def _evaluation_records(args: argparse.Namespace) -> tuple[list, str, int]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _needs(("pandas", "matplotlib"), "eval", "evaluate")
     from agegender.checkpoint import resolve_model_path
     from agegender.evaluate import evaluate, headline, predictions_path, write_report
     from agegender.predictor import Predictor
@@ -392,6 +457,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    _needs(("torch", "torchvision", "onnx"), "train", "export")
     from agegender.checkpoint import resolve_model_path
     from agegender.export import export_checkpoint
 
@@ -415,10 +481,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = listen(args.host, args.port)  # a taken port or a bad address is said now, before the model loads
     try:
         path = resolve_model_path(args.model)
-        predictor = Predictor.from_checkpoint(path, device=args.device)
+        predictor = Predictor.from_checkpoint(path, device=args.device, runtime=args.runtime)
         app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout_s=args.timeout,
                          max_queue=args.max_queue, workers=args.workers, model_name=path.name,
-                         max_faces=args.max_faces, allowed_hosts=hosts, docs=args.docs)
+                         max_faces=args.max_faces, allowed_hosts=hosts, docs=args.docs,
+                         max_batch=args.max_batch, batch_window_s=args.batch_window_ms / 1000)
         port = sock.getsockname()[1]
         log.info("model %s (%s); http://%s:%d/ (Host names answered: %s)", path, predictor.model.config.backbone,
                  args.host, port, ", ".join(hosts) if hosts else "any")
@@ -469,12 +536,23 @@ def _predict_files(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str
         raise ValueError("give image files or folders, or --data DIR --labels labels.csv")
     files, errors = _expand_inputs(args.inputs)
     if args.labels:
+        _needs(("pandas",), "eval", "predict --labels")
         from agegender.sources import scan
 
         if not args.data:
             raise ValueError("--labels needs --data, the folder its file names are relative to")
         files += [Path(args.data) / r.file for r in scan(args.data, args.labels).records]
     return files, errors
+
+
+def _open(file: Path) -> object:
+    """The decoded image, or the :class:`ImageReadError` that says why it cannot be."""
+    from agegender.images import ImageReadError, open_image
+
+    try:
+        return open_image(file)
+    except ImageReadError as e:
+        return e
 
 
 @dataclass
@@ -493,16 +571,18 @@ class _Results:
 def _predict_batch(predictor, files: list[Path], args: argparse.Namespace, annotate_dir: Path | None,
                    res: _Results) -> None:
     """Predict one batch of ``files``, adding a row per face (or per problem) to ``res``. A file the model
-    cannot take costs only its own rows: the batch is retried one file at a time."""
-    from agegender.images import ImageReadError, open_image
+    cannot take costs only its own rows: the batch is retried one file at a time. Files are decoded side by
+    side."""
+    from agegender.images import ImageReadError
+    from agegender.preprocess import parallel_map
 
     chunk, images = [], []
-    for f in files:
-        try:
-            images.append(open_image(f))
+    for f, decoded in zip(files, parallel_map(_open, files, predictor.workers), strict=True):
+        if isinstance(decoded, ImageReadError):
+            res.problem(f, str(decoded))
+        else:
+            images.append(decoded)
             chunk.append(f)
-        except ImageReadError as e:
-            res.problem(f, str(e))
     try:
         _predict_images(predictor, chunk, images, args, annotate_dir, res)
     except Exception as e:  # noqa: BLE001 - isolate the input that broke the batch; the others keep their rows
@@ -524,10 +604,10 @@ def _predict_images(predictor, files: list[Path], images: list, args: argparse.N
     if not images:
         return
     if args.aligned:
-        preds = predictor.predict(images, len(images))
+        preds = predictor.predict(images, args.batch_size)
         res.rows.extend(_row(f, p.to_dict()) for f, p in zip(files, preds, strict=True))
         return
-    photos = predictor.predict_photos(images, len(images), max_faces=args.max_faces)
+    photos = predictor.predict_photos(images, args.batch_size, max_faces=args.max_faces)
     for f, img, photo in zip(files, images, photos, strict=True):
         res.rows.extend(_row(f, face.to_dict()) for face in photo.faces)
         if not photo.found:
@@ -553,26 +633,18 @@ def _annotate(image, faces: list, file: Path, folder: Path, res: _Results) -> No
 
 
 def _write_predictions(rows: list[dict], out_path: Path) -> None:
-    import json
-
-    import pandas as pd
-
-    from agegender.outputs import write_csv, write_json
+    from agegender.outputs import write_json, write_rows
 
     if out_path.suffix.lower() == ".json":
         write_json([{k: v for k, v in r.items() if v is not None} for r in rows], out_path)
         return
-    df = pd.DataFrame(rows, columns=PREDICT_COLUMNS)
-    df["landmarks"] = df["landmarks"].map(lambda v: json.dumps(v) if isinstance(v, list) else "")
-    df["face"] = df["face"].astype("Int64")
-    write_csv(df, out_path)
+    write_rows(rows, PREDICT_COLUMNS, out_path)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from agegender.checkpoint import resolve_model_path
-    from agegender.engine import resolve_device
     from agegender.predictor import Predictor
 
     out_path = Path(args.out)
@@ -581,15 +653,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_writable(out_path, "--out")  # now, not after every photo is done
     video = _video_input(args)
     annotate_dir = check_folder(args.annotate, "--annotate") if args.annotate and video is None else None
-    device = resolve_device(args.device)
     detector = None
     if not args.aligned:
         from agegender.faces import FaceDetector
 
-        detector = FaceDetector(min_face_size=args.min_face, thresholds=(0.6, 0.7, args.det_threshold),
-                                device=device)
-    predictor = Predictor.from_checkpoint(resolve_model_path(args.model), device=str(device), flip_tta=args.tta,
-                                          detector=detector, runtime=args.runtime)
+        detector = FaceDetector(min_face_size=args.min_face, thresholds=(0.6, 0.7, args.det_threshold))
+    predictor = Predictor.from_checkpoint(resolve_model_path(args.model), device=args.device, flip_tta=args.tta,
+                                          detector=detector, runtime=args.runtime, workers=args.workers or None)
     if video is not None:
         return _predict_video(predictor, video, args)
     files, missing = _predict_files(args)
@@ -597,11 +667,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for f, why in missing:
         res.problem(f, why)
     done = 0
+    # Files are read in groups that keep every worker busy; photos in smaller ones (a decoded photo is large).
+    group = args.batch_size * predictor.workers * (4 if args.aligned else 1)
     try:
         with tqdm(total=len(files), desc="predict", unit="img", disable=True if args.quiet else None,
                   dynamic_ncols=True) as bar:
-            for start in range(0, len(files), args.batch_size):
-                batch = files[start : start + args.batch_size]
+            for start in range(0, len(files), group):
+                batch = files[start : start + group]
                 _predict_batch(predictor, batch, args, annotate_dir, res)
                 done += len(batch)
                 bar.update(len(batch))

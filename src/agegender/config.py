@@ -11,7 +11,7 @@ import yaml
 
 from agegender.cache import CACHE_MODES
 from agegender.losses import AGE_LOSSES
-from agegender.model import BACKBONES, MAX_HEAD_HIDDEN, MAX_IMAGE_SIZE
+from agegender.model_config import BACKBONES, MAX_HEAD_HIDDEN, MAX_IMAGE_SIZE
 from agegender.sources import FACE_POLICIES, Source, parse_source, parse_split
 
 OPTIMIZERS = ("adam", "adamw")

@@ -160,3 +160,19 @@ def predict_batches(
         return {"index": np.zeros(0, int), "age": np.zeros(0), "age_sigma": np.zeros(0), "p_female": np.zeros(0)}
     return {"index": np.concatenate(idx), "age": np.concatenate(ages), "age_sigma": np.concatenate(sigmas),
             "p_female": np.concatenate(probs)}
+
+
+class TorchRunner:
+    """A torch network called the way :class:`agegender.runtime.OnnxModel` is: a float32 numpy batch
+    ``[N, 3, S, S]`` in, ``{"age", "age_sigma", "gender_logit"}`` numpy ``[N]`` out (on ``device``, in eval mode).
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.config = model.config
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.model(torch.as_tensor(np.asarray(batch, dtype=np.float32)).to(self.device))
+        return {k: out[k].float().cpu().numpy() for k in ("age", "age_sigma", "gender_logit")}

@@ -1,18 +1,18 @@
 """Evaluation: a predictor run over labelled records, scored overall and by group, and written as a report.
 
 Used by ``agegender evaluate``, the benchmarks and training's validation, so that every figure of the project
-comes from the same code.
+comes from the same code. Prediction here needs no torch (see :mod:`agegender.predictor`); the report needs
+pandas, and its plots matplotlib.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from agegender.data import DataError, Record
 from agegender.metrics import (
@@ -24,6 +24,9 @@ from agegender.metrics import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+    from PIL import Image
+
     from agegender.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ def predictions_frame(out: dict[str, np.ndarray], records: Sequence[Record],
     >>> predictions_frame(out, recs, 1.5)[["file", "age_true", "age_pred", "age_low", "age_high"]].values.tolist()
     [['b.jpg', nan, 20.0, 17.0, 23.0], ['a.jpg', 30.0, 33.0, 31.5, 34.5]]
     """
+    import pandas as pd
+
     recs = [records[i] for i in out["index"]]
     df = pd.DataFrame({
         "file": [r.file for r in recs], "age_true": [r.age for r in recs], "gender_true": [r.gender for r in recs],
@@ -73,25 +78,61 @@ def score(df: pd.DataFrame, records: Sequence[Record], target_coverage: float | 
     return rep
 
 
+def predict_records(predictor: Predictor, root: str | Path, records: Sequence[Record], load: Callable,
+                    workers: int = -1, progress: bool = True, chunk: int = 256) -> dict[str, np.ndarray]:
+    """Predict every record under ``root``: ``{"index", "age", "age_sigma", "p_female"}`` (as
+    :func:`engine.predict_batches` returns them; unreadable images and photos without a usable face absent).
+
+    ``load`` turns a path into a PIL image (and raises :class:`images.ImageReadError` for what it cannot use);
+    it runs on ``workers`` threads (-1: the predictor's), the network on the predictor's.
+    """
+    from tqdm.auto import tqdm
+
+    from agegender.images import ImageReadError
+    from agegender.preprocess import parallel_map
+
+    def crop(i: int) -> np.ndarray | None:
+        try:
+            return predictor.prepare(load(Path(root) / records[i].file))
+        except ImageReadError as e:
+            log.warning("skipping unreadable image %s: %s", records[i].file, e)
+            return None
+
+    threads = predictor.workers if workers < 0 else max(1, workers)
+    parts: list[dict[str, np.ndarray]] = []
+    with tqdm(total=len(records), desc="evaluate", unit="img", leave=False,
+              disable=None if progress else True, dynamic_ncols=True) as bar:
+        for start in range(0, len(records), chunk):
+            index = range(start, min(start + chunk, len(records)))
+            crops = parallel_map(crop, index, threads)
+            ok = [i for i, c in zip(index, crops, strict=True) if c is not None]
+            if ok:
+                out = predictor.predict_crops(np.stack([c for c in crops if c is not None]))
+                parts.append({"index": np.asarray(ok), **out})
+            bar.update(len(index))
+    if not parts:
+        return {"index": np.zeros(0, int), "age": np.zeros(0), "age_sigma": np.zeros(0), "p_female": np.zeros(0)}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def evaluate(predictor: Predictor, root: str | Path, records: Sequence[Record], *, detect: bool = False,
              face: str = "single", min_face: int = 20, degrade: bool = False, batch_size: int = 128,
              workers: int = -1, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Predict every record under ``root`` (face crops, or with ``detect`` photos detected and aligned first)
     and score the predictions: ``(predictions frame, report)``. ``degrade`` scores the fixed degraded copy of
-    each face (:func:`transforms.degrade_fixed`). Unreadable images and photos without a usable face are
-    skipped and counted in ``report["meta"]``."""
-    from torchvision.transforms import v2 as T
-
-    from agegender.datasets import FaceDataset, default_workers, make_loader
-    from agegender.engine import predict_batches
+    each face (:func:`preprocess.degrade_fixed`). Unreadable images and photos without a usable face are
+    skipped and counted in ``report["meta"]``. ``batch_size``: images read per step; ``workers``: threads
+    that read them (-1: the predictor's)."""
+    from agegender.preprocess import degrade_fixed
     from agegender.sources import image_loader
-    from agegender.transforms import degrade_fixed
 
-    transform = T.Compose([degrade_fixed, predictor.transform]) if degrade else predictor.transform
-    dataset = FaceDataset(root, records, transform, image_loader(detect, face, min_face))
-    loader = make_loader(dataset, batch_size, False, default_workers(workers), predictor.device)
-    out = predict_batches(predictor.model, loader, predictor.device, flip_tta=predictor.flip_tta,
-                          progress=progress, desc="evaluate")
+    read = image_loader(detect, face, min_face)
+
+    def read_degraded(path: Path) -> Image.Image:
+        return degrade_fixed(read(path))
+
+    out = predict_records(predictor, root, records, read_degraded if degrade else read, workers, progress,
+                          chunk=max(batch_size, 1))
     df = predictions_frame(out, records, predictor.interval_scale)
     if df.empty:
         raise DataError(f"none of the {len(records)} images under {root} could be read")

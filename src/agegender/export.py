@@ -1,21 +1,12 @@
-"""Export to ONNX, and run an exported file with onnxruntime in place of the torch model.
+"""Export to ONNX (needs torch and onnx): the graph and metadata described in :mod:`agegender.runtime`, which
+runs the file with onnxruntime alone (:class:`OnnxModel` is importable from here too).
 
-The exported graph::
-
-    input   "image"         float32 [N, 3, S, S]  normalised as the model's eval preset does (N is dynamic)
-    outputs "age"           float32 [N]  years
-            "age_sigma"     float32 [N]  spread of the age estimate (1 for the regression head)
-            "p_female"      float32 [N]  sigmoid(gender_logit), computed inside the graph
-            "gender_logit"  float32 [N]
-
-The file carries everything inference needs in its metadata (model config, input size, mean, std, crop_pct and
-any extra entries such as the interval calibration), so no checkpoint has to travel with it.
-
-``onnx`` (export) and ``onnxruntime`` (inference) are optional dependencies, imported only when used.
+``onnx`` is an optional dependency, imported only when exporting.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -23,12 +14,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from agegender.checkpoint import CheckpointError, atomic_write, check_contents
+from agegender.checkpoint import atomic_write
 from agegender.model import AgeGenderNet, ModelConfig
+from agegender.runtime import CONFIG_KEY, INPUT_NAME, OUTPUT_NAMES, SOURCE_KEY, OnnxModel
+
+__all__ = ["ONNX_OPSET", "OUTPUT_NAMES", "OnnxModel", "checkpoint_metadata", "export_checkpoint", "export_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +30,6 @@ log = logging.getLogger(__name__)
 # BatchNormalization, Clip for ReLU6, HardSwish and HardSigmoid (opset 14), Softmax, Sigmoid) exists by then.
 ONNX_OPSET = 17
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("age", "age_sigma", "p_female", "gender_logit")
-CONFIG_KEY = "agegender_model_config"
 # Written by export_onnx itself; user metadata may not overwrite them.
 RESERVED_KEYS = frozenset({CONFIG_KEY, "image_size", "mean", "std", "crop_pct", "preprocessing"})
 
@@ -81,16 +71,30 @@ def _metadata_entries(config: ModelConfig, metadata: dict[str, Any] | None) -> d
 
 
 def checkpoint_metadata(ckpt: dict) -> dict[str, Any]:
-    """What a checkpoint knows beyond the weights that inference uses: calibration and inference settings."""
-    return {k: ckpt[k] for k in ("calibration", "inference") if k in ckpt}
+    """What a checkpoint knows beyond the weights that inference uses: calibration and inference settings, the
+    names of its labels, and its training record without the per-epoch history (the service's model card reads it)."""
+    out = {k: ckpt[k] for k in ("calibration", "inference", "labels") if k in ckpt}
+    if ckpt.get("training"):
+        out["training"] = {k: v for k, v in ckpt["training"].items() if k != "history"}
+    return out
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def export_checkpoint(ckpt_path: str | Path, out: str | Path, opset: int = ONNX_OPSET) -> Path:
-    """Export the checkpoint at ``ckpt_path`` (weights, calibration, inference settings) to ``out``."""
+    """Export the checkpoint at ``ckpt_path`` (weights, calibration, inference settings, training record and
+    the checkpoint's sha256) to ``out``."""
     from agegender.checkpoint import load_model
 
     model, ckpt = load_model(ckpt_path)
-    return export_onnx(model, out, opset, checkpoint_metadata(ckpt))
+    return export_onnx(model, out, opset, checkpoint_metadata(ckpt) | {SOURCE_KEY: file_sha256(ckpt_path)})
 
 
 def export_onnx(model: AgeGenderNet, path: str | Path, opset: int = ONNX_OPSET,
@@ -139,72 +143,3 @@ def export_onnx(model: AgeGenderNet, path: str | Path, opset: int = ONNX_OPSET,
     log.info("exported %s (%s, opset %d, %.1f MB) to %s", model.config.backbone, model.config.age_head, opset,
              path.stat().st_size / 1e6, path)
     return path
-
-
-class OnnxModel:
-    """An exported file run by onnxruntime, callable like :class:`AgeGenderNet` so that it can stand in for the
-    model in :class:`agegender.predictor.Predictor`.
-
-    ``config``: the :class:`ModelConfig` stored in the file; ``metadata``: all metadata entries (strings).
-    ``threads``: onnxruntime's intra-op threads (``None``: its default, one per core).
-    """
-
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise RuntimeError("running an ONNX model needs onnxruntime: pip install onnxruntime") from e
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise CheckpointError(f"ONNX model {self.path} does not exist")
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        # Idle onnxruntime threads otherwise spin for a while after each run and starve whatever runs next in
-        # this process (the face detector, between two crops batches), which costs more than it saves.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(self.path), options,
-                                                providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for unreadable files
-            raise CheckpointError(f"{self.path} is not a readable ONNX model: {e}") from e
-        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-        outputs = {o.name for o in self.session.get_outputs()}
-        inputs = [i.name for i in self.session.get_inputs()]
-        if CONFIG_KEY not in self.metadata or inputs != [INPUT_NAME] or not outputs >= set(OUTPUT_NAMES):
-            raise CheckpointError(f"{self.path} is not an agegender ONNX export (written by export_onnx)")
-        try:
-            self.config = ModelConfig.from_dict(json.loads(self.metadata[CONFIG_KEY]))
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"bad model config in {self.path}: {e}") from e
-
-    def checkpoint_like(self) -> dict:
-        """The parts of a checkpoint dict a Predictor reads (calibration, inference settings, model config)."""
-        out: dict[str, Any] = {"model_config": self.config.to_dict(), "format": "onnx"}
-        for key in ("calibration", "inference"):
-            if key in self.metadata:
-                try:
-                    out[key] = json.loads(self.metadata[key])
-                except ValueError as e:
-                    raise CheckpointError(f"{self.path}: metadata entry {key!r} is not JSON: {e}") from None
-        check_contents(out, self.path)
-        return out
-
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``x`` ``[N, 3, S, S]`` normalised -> ``{"age", "age_sigma", "gender_logit"}``, each ``[N]`` (CPU)."""
-        size = self.config.image_size
-        if x.ndim != 4 or tuple(x.shape[1:]) != (3, size, size):
-            # onnxruntime's own shape errors name graph internals; say what the file expects instead.
-            raise ValueError(f"expected a batch [N, 3, {size}, {size}], got {list(x.shape)}")
-        image = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        names = ["age", "age_sigma", "gender_logit"]
-        outputs = self.session.run(names, {INPUT_NAME: image})
-        return {name: torch.from_numpy(value) for name, value in zip(names, outputs, strict=True)}
-
-    def eval(self) -> OnnxModel:
-        """No-op (the graph is always in inference mode); for duck typing with ``nn.Module``."""
-        return self
-
-    def to(self, device: str | torch.device) -> OnnxModel:
-        """No-op (the device is chosen by ``providers``); for duck typing with ``nn.Module``."""
-        return self

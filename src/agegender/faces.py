@@ -1,9 +1,14 @@
-"""Face detection (MTCNN) and similarity alignment to UTKFace's 200x200 framing.
+"""Face detection (MTCNN) and similarity alignment to UTKFace's 200x200 framing, in numpy and onnxruntime.
 
 The detector is MTCNN (Zhang et al., "Joint Face Detection and Alignment using Multi-task Cascaded Convolutional
-Networks", 2016) as facenet-pytorch 2.6.0 runs it, re-implemented here so that its MIT-licensed weights
-(``weights/mtcnn/``, see NOTICE.md there) load without that package. Three networks run in cascade: P-Net proposes
-boxes over an image pyramid, R-Net rejects most of them, O-Net scores the rest and places five landmarks.
+Networks", 2016) as facenet-pytorch 2.6.0 runs it, with its MIT-licensed weights (``weights/mtcnn/``, see
+NOTICE.md there). Three networks run in cascade: P-Net proposes boxes over an image pyramid, R-Net rejects most
+of them, O-Net scores the rest and places five landmarks. The networks run as ONNX files (exported from the
+vendored torch weights by ``scripts/export_bundled.py``); ``runtime="torch"`` runs the same cascade on the torch
+modules of :mod:`agegender.mtcnn_nets` instead.
+
+Every resampling of the cascade (pyramid levels, R-Net and O-Net crops) is an area average over the windows
+torch's ``interpolate(mode="area")`` uses, computed for all boxes at once from one integral image.
 """
 
 from __future__ import annotations
@@ -13,13 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
-from torch.nn import functional as F
-from torchvision.ops import nms
 
 from agegender.images import ImageReadError, as_rgb_array, open_image
 from agegender.sources import FACE_POLICIES
@@ -27,6 +27,7 @@ from agegender.sources import FACE_POLICIES
 logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights" / "mtcnn"
+RUNTIMES = ("onnx", "torch")
 
 # Mean MTCNN landmarks (left eye, right eye, nose, mouth left, mouth right; x, y in pixels) on UTKFace's 200x200
 # aligned crops, so that align() reproduces the dataset's framing on new photos. Obtained on 2026-11-28 with
@@ -66,105 +67,87 @@ def largest(faces: Sequence[Face], n: int) -> list[Face]:
     return [faces[i] for i in keep]
 
 
-# --------------------------------------------------------------------------- networks
-# Parameter names follow facenet-pytorch's so that its state dicts load with strict=True.
+class OnnxNetworks:
+    """P-, R- and O-Net as onnxruntime sessions (``weights/mtcnn/*.onnx``), one intra-op thread each: the
+    cascade runs many small calls, which threads would only slow down."""
+
+    def __init__(self, threads: int = 1) -> None:
+        from agegender.runtime import session
+
+        self.sessions = {name: session(WEIGHTS_DIR / f"{name}.onnx", threads) for name in ("pnet", "rnet", "onet")}
+
+    def __call__(self, name: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Network ``name`` on ``batch`` float32 ``[N, 3, H, W]``; outputs in the order the torch modules return
+        them (offsets, [landmarks,] face probability)."""
+        return tuple(self.sessions[name].run(None, {"image": batch}))
 
 
-class PNet(nn.Module):
-    """Proposal net, fully convolutional: (N, 3, H, W) -> box offsets (N, 4, H', W'), face probability (N, H', W'),
-    one cell per 12x12 window at stride 2."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
-        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
-        self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
-        self.conv4_1 = nn.Conv2d(32, 2, 1)
-        self.conv4_2 = nn.Conv2d(32, 4, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
-        return self.conv4_2(x), F.softmax(self.conv4_1(x), dim=1)[:, 1]
-
-
-def _flatten_caffe(x: torch.Tensor) -> torch.Tensor:
-    # The dense weights were converted from Caffe/TF and expect (W, H, C) order, not PyTorch's (C, H, W).
-    return x.permute(0, 3, 2, 1).contiguous().flatten(1)
-
-
-class RNet(nn.Module):
-    """Refinement net: (N, 3, 24, 24) -> box offsets (N, 4), face probability (N,)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 28, 3), nn.PReLU(28)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(28, 48, 3), nn.PReLU(48)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3, self.prelu3 = nn.Conv2d(48, 64, 2), nn.PReLU(64)
-        self.dense4, self.prelu4 = nn.Linear(576, 128), nn.PReLU(128)
-        self.dense5_1 = nn.Linear(128, 2)
-        self.dense5_2 = nn.Linear(128, 4)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.prelu4(self.dense4(_flatten_caffe(self.prelu3(self.conv3(x)))))
-        return self.dense5_2(x), F.softmax(self.dense5_1(x), dim=1)[:, 1]
-
-
-class ONet(nn.Module):
-    """Output net: (N, 3, 48, 48) -> box offsets (N, 4), landmarks (N, 10) as (x0..x4, y0..y4) in units of the
-    box size, face probability (N,)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
-        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
-        self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
-        self.dense6_1 = nn.Linear(256, 2)
-        self.dense6_2 = nn.Linear(256, 4)
-        self.dense6_3 = nn.Linear(256, 10)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.pool3(self.prelu3(self.conv3(x)))
-        x = self.prelu5(self.dense5(_flatten_caffe(self.prelu4(self.conv4(x)))))
-        return self.dense6_2(x), self.dense6_3(x), F.softmax(self.dense6_1(x), dim=1)[:, 1]
-
-
-def load_networks(device: str | torch.device = "cpu") -> tuple[PNet, RNet, ONet]:
-    """The three networks with the bundled weights, in eval mode on ``device``."""
-    nets = (PNet(), RNet(), ONet())
-    for net, name in zip(nets, ("pnet", "rnet", "onet"), strict=True):
-        state = torch.load(WEIGHTS_DIR / f"{name}.pt", map_location="cpu", weights_only=True)
-        net.load_state_dict(state, strict=True)
-        net.to(device).eval()
-    return nets
-
-
-# --------------------------------------------------------------------------- box helpers
-# Boxes are (K, 5+) float tensors: x1, y1, x2, y2, score, extra columns. The +1 / -1 below are MTCNN's 1-based
+# --------------------------------------------------------------------------- resampling and boxes
+# Boxes are (K, 5+) float arrays: x1, y1, x2, y2, score, extra columns. The +1 / -1 below are MTCNN's 1-based
 # (Matlab) pixel convention: the weights were trained on crops framed that way, and facenet-pytorch keeps it too.
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return (x - 127.5) * 0.0078125
+def integral_image(pixels: np.ndarray) -> np.ndarray:
+    """``S`` of shape ``(3, H + 1, W + 1)`` with ``S[:, r, c]`` the sum of ``pixels[:r, :c]`` (``pixels``
+    ``[H, W, 3]`` uint8; integer sums, so exact). Channels first: numpy's running sums are fastest there."""
+    h, w = pixels.shape[:2]
+    dtype = np.int32 if h * w * 255 < 2**31 else np.int64
+    out = np.zeros((3, h + 1, w + 1), dtype)
+    out[:, 1:, 1:] = pixels.transpose(2, 0, 1)
+    np.cumsum(out, axis=1, out=out)
+    np.cumsum(out, axis=2, out=out)
+    return out
 
 
-def _square(boxes: torch.Tensor) -> torch.Tensor:
+def _windows(origin: np.ndarray, length: np.ndarray, size: int,
+             limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start and end (clipped to ``[0, limit]``) and unclipped length of each of ``size`` output cells over
+    ``length`` input pixels from ``origin``, for K boxes at once: ``[K, size]`` each. The cells are torch's
+    adaptive-pooling windows: ``[floor(i * L / size), ceil((i + 1) * L / size))``."""
+    i = np.arange(size)
+    start = (i * length[:, None]) // size
+    end = -((-(i + 1) * length[:, None]) // size)
+    return np.clip(origin[:, None] + start, 0, limit), np.clip(origin[:, None] + end, 0, limit), end - start
+
+
+def _to_input(total: np.ndarray, area: np.ndarray) -> np.ndarray:
+    """Window sums ``total`` over window sizes ``area`` -> the networks' input: the mean, minus 127.5, over 128."""
+    out = np.multiply(total, (1.0 / (128.0 * area)).astype(np.float32), dtype=np.float32)
+    out -= np.float32(127.5 / 128)
+    return out
+
+
+def crops_input(table: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Each box ``(top, left, height, width)`` (``[K, 4]`` integers, 0-based, may leave the image: outside is
+    zero) of the image whose :func:`integral_image` is ``table``, area-averaged to ``size`` x ``size`` and
+    normalised for R- or O-Net: float32 ``[K, 3, size, size]``."""
+    h, w = table.shape[1] - 1, table.shape[2] - 1
+    r0, r1, rn = _windows(boxes[:, 0], boxes[:, 2], size, h)
+    c0, c1, cn = _windows(boxes[:, 1], boxes[:, 3], size, w)
+    # One gather of the four corners of every cell from the flattened table.
+    corners = (np.stack([r1, r0, r1, r0])[:, :, :, None] * (w + 1) + np.stack([c1, c1, c0, c0])[:, :, None, :])
+    g = np.take(table.reshape(3, -1), corners.reshape(-1), axis=1).reshape(3, 4, len(boxes), size, size)
+    total = g[:, 0] - g[:, 1] - g[:, 2] + g[:, 3]
+    return np.ascontiguousarray(_to_input(total, rn[:, :, None] * cn[:, None, :]).transpose(1, 0, 2, 3))
+
+
+def pyramid_input(table: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """The whole image area-averaged to ``rows`` x ``cols`` (as torch's ``interpolate(mode="area")``) and
+    normalised for P-Net: float32 ``[1, 3, rows, cols]``. Rows first, then columns."""
+    h, w = table.shape[1] - 1, table.shape[2] - 1
+    r0, r1, rn = (a[0] for a in _windows(np.array([0]), np.array([h]), rows, h))
+    c0, c1, cn = (a[0] for a in _windows(np.array([0]), np.array([w]), cols, w))
+    # np.take, not fancy indexing: a gather of whole rows is many times faster that way.
+    strips = np.take(table, r1, axis=1) - np.take(table, r0, axis=1)
+    total = np.take(strips, c1, axis=2) - np.take(strips, c0, axis=2)
+    return _to_input(total, rn[:, None] * cn[None, :])[None]
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
     """Grow each box to a square about its centre, as the next network expects square crops."""
-    boxes = boxes.clone()
+    boxes = boxes.copy()
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    side = torch.maximum(w, h)
+    side = np.maximum(w, h)
     boxes[:, 0] += (w - side) / 2
     boxes[:, 1] += (h - side) / 2
     boxes[:, 2] = boxes[:, 0] + side
@@ -172,50 +155,54 @@ def _square(boxes: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
-def _regress(boxes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def _regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Shift box edges by ``offsets`` (K, 4), given in units of the box's width and height."""
-    boxes = boxes.clone()
-    wh = (boxes[:, 2:4] - boxes[:, 0:2] + 1).repeat(1, 2)
+    boxes = boxes.copy()
+    wh = np.tile(boxes[:, 2:4] - boxes[:, 0:2] + 1, 2)
     boxes[:, :4] += offsets * wh
     return boxes
 
 
-def _crops(image: torch.Tensor, boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resample each box of ``image`` (3, H, W) to (size, size), normalised; returns crops (K', 3, size, size) and
-    the indices of the boxes kept (a box that misses the image gives no crop)."""
-    _, h, w = image.shape
-    crops, kept = [], []
-    for k, (x1, y1, x2, y2) in enumerate(boxes[:, :4].trunc().int().tolist()):
-        ix1, iy1, ix2, iy2 = max(x1, 1), max(y1, 1), min(x2, w), min(y2, h)
-        if ix2 < ix1 or iy2 < iy1:
-            continue
-        # Zero padding where the box leaves the image, as the original MTCNN does: facenet-pytorch 2.x stretches
-        # the clipped part instead, which misplaces the landmarks of faces that touch the border (most UTKFace
-        # crops).
-        patch = image.new_zeros((1, 3, y2 - y1 + 1, x2 - x1 + 1))
-        patch[0, :, iy1 - y1 : iy2 - y1 + 1, ix1 - x1 : ix2 - x1 + 1] = image[:, iy1 - 1 : iy2, ix1 - 1 : ix2]
-        crops.append(F.interpolate(patch, size=(size, size), mode="area"))
-        kept.append(k)
-    if not crops:
-        return image.new_zeros((0, 3, size, size)), torch.zeros(0, dtype=torch.long)
-    return _normalise(torch.cat(crops)), torch.tensor(kept, dtype=torch.long)
+def _crops(table: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each box of the image (1-based, inclusive, truncated to integers), zero-padded where it leaves the image
+    as the original MTCNN does, area-resampled to ``size`` x ``size`` and normalised: ``([K', 3, size, size],
+    indices of the boxes kept)``; a box that misses the image gives no crop."""
+    h, w = table.shape[1] - 1, table.shape[2] - 1
+    x1, y1, x2, y2 = np.trunc(boxes[:, :4]).astype(np.int64).T
+    kept = np.flatnonzero((np.minimum(x2, w) >= np.maximum(x1, 1)) & (np.minimum(y2, h) >= np.maximum(y1, 1)))
+    if kept.size == 0:
+        return np.zeros((0, 3, size, size), np.float32), kept
+    x1, y1, x2, y2 = x1[kept], y1[kept], x2[kept], y2[kept]
+    windows = np.stack([y1 - 1, x1 - 1, y2 - y1 + 1, x2 - x1 + 1], axis=1)
+    return crops_input(table, windows, size), kept
 
 
-def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Greedy NMS where overlap is intersection over the *smaller* area, which removes a small box nested in a
-    larger one (a face part scored as a face) that IoU would keep. Returns kept indices, best score first."""
-    x1, y1, x2, y2 = boxes.unbind(1)
-    area = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = scores.argsort(descending=True)
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, overlap: str = "iou") -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices, best score first.
+
+    ``overlap="iou"``: intersection over union of ``(x2 - x1) * (y2 - y1)`` areas (torchvision's ``nms``);
+    ``"min"``: intersection over the *smaller* area with MTCNN's +1 pixel convention, which removes a small box
+    nested in a larger one (a face part scored as a face) that IoU would keep.
+
+    >>> nms(np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30.0]]), np.array([0.9, 0.8, 0.7]), 0.5)
+    array([0, 2])
+    """
+    pad = 1.0 if overlap == "min" else 0.0
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, j], dtype=np.float64) for j in range(4))
+    area = (x2 - x1 + pad) * (y2 - y1 + pad)
+    order = np.argsort(-np.asarray(scores), kind="stable")
     keep = []
-    while order.numel() > 0:
+    while order.size:
         i, rest = order[0], order[1:]
-        keep.append(int(i))
-        iw = (torch.minimum(x2[i], x2[rest]) - torch.maximum(x1[i], x1[rest]) + 1).clamp(min=0)
-        ih = (torch.minimum(y2[i], y2[rest]) - torch.maximum(y1[i], y1[rest]) + 1).clamp(min=0)
-        overlap = iw * ih / torch.minimum(area[i], area[rest])
-        order = rest[overlap <= threshold]
-    return torch.tensor(keep, dtype=torch.long)
+        keep.append(i)
+        iw = np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + pad
+        ih = np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + pad
+        inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
+        denominator = np.minimum(area[i], area[rest]) if overlap == "min" else area[i] + area[rest] - inter
+        # inter / denominator <= threshold without dividing: a zero denominator (empty boxes) keeps the box, as
+        # torchvision's NaN comparison does.
+        order = rest[inter <= threshold * denominator]
+    return np.asarray(keep, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- detector
@@ -228,6 +215,8 @@ class FaceDetector:
     downscaling); ``thresholds``: face-probability cut-offs of P-, R- and O-Net; ``factor``: ratio between
     pyramid levels; ``max_side``: images with a longer side are detected on a downscaled copy (much faster on
     large photos; faces smaller than ``min_face_size`` after downscaling are missed), None to disable.
+    ``runtime``: ``"onnx"`` (onnxruntime, no torch needed) or ``"torch"`` (the same cascade on the torch
+    networks, on ``device``).
     """
 
     def __init__(
@@ -235,8 +224,9 @@ class FaceDetector:
         min_face_size: int = 20,
         thresholds: Sequence[float] = (0.6, 0.7, 0.7),
         factor: float = 0.709,
-        device: str | torch.device = "cpu",
+        device: object = "cpu",
         max_side: int | None = 1280,
+        runtime: str = "onnx",
     ) -> None:
         if not isinstance(min_face_size, int | float) or min_face_size <= 0:
             raise ValueError(f"min_face_size must be a positive number of pixels, got {min_face_size!r}")
@@ -250,12 +240,19 @@ class FaceDetector:
             raise ValueError(f"factor must lie strictly between 0 and 1, got {factor!r}")
         if max_side is not None and (not isinstance(max_side, int) or max_side < 12):
             raise ValueError(f"max_side must be None or an integer >= 12, got {max_side!r}")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.min_face_size = min_face_size
         self.thresholds = thresholds
         self.factor = factor
         self.max_side = max_side
-        self.device = torch.device(device)
-        self.pnet, self.rnet, self.onet = load_networks(self.device)
+        self.runtime = runtime
+        if runtime == "torch":
+            from agegender.mtcnn_nets import TorchNetworks
+
+            self.networks = TorchNetworks(device)
+        else:
+            self.networks = OnnxNetworks()
 
     def detect(self, image: Image.Image | np.ndarray, check: Callable[[], None] | None = None) -> list[Face]:
         """Faces in ``image`` (an RGB or greyscale PIL image, or an (H, W, 3) or (H, W) uint8 array), best score
@@ -267,34 +264,32 @@ class FaceDetector:
         if self.max_side is not None and max(h, w) > self.max_side:
             ratio = self.max_side / max(h, w)
             small = (max(1, round(w * ratio)), max(1, round(h * ratio)))
-            pixels = cv2.resize(pixels, small, interpolation=cv2.INTER_AREA)
+            pixels = np.asarray(Image.fromarray(pixels).resize(small, Image.Resampling.BOX))
             sx, sy = w / small[0], h / small[1]
-        tensor = torch.tensor(pixels, dtype=torch.float32, device=self.device).permute(2, 0, 1)
-        with torch.inference_mode():
-            boxes, points = self._cascade(tensor, check or (lambda: None))
+        boxes, points = self._cascade(integral_image(pixels), check or (lambda: None))
         faces = [
             Face((b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy), b[4], tuple((x * sx, y * sy) for x, y in pts))
             for b, pts in zip(boxes.tolist(), points.tolist(), strict=True)
         ]
         return sorted(faces, key=lambda f: f.score, reverse=True)
 
-    def _cascade(self, image: torch.Tensor, check: Callable[[], None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the three stages on ``image`` (3, H, W) float in [0, 255]; returns boxes (K, 5) with score in
-        column 4 and landmarks (K, 5, 2)."""
-        no_faces = image.new_zeros((0, 5)), image.new_zeros((0, 5, 2))
-        boxes = self._propose(image)
+    def _cascade(self, table: np.ndarray, check: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
+        """Run the three stages on the image whose :func:`integral_image` is ``table``; returns boxes (K, 5) with
+        score in column 4 and landmarks (K, 5, 2). ``check`` runs between the stages."""
+        no_faces = np.zeros((0, 5)), np.zeros((0, 5, 2))
+        boxes = self._propose(table)
         check()
         if len(boxes) == 0:
             return no_faces
 
         # Stage 2: R-Net rescores P-Net's proposals and refines their boxes.
-        crops, kept = _crops(image, boxes, 24)
+        crops, kept = _crops(table, boxes, 24)
         boxes = boxes[kept]
         if len(boxes) == 0:
             return no_faces
-        offsets, scores = self.rnet(crops)
+        offsets, scores = self.networks("rnet", crops)
         passed = scores > self.thresholds[1]
-        boxes = torch.cat([boxes[passed, :4], scores[passed, None]], dim=1)
+        boxes = np.concatenate([boxes[passed, :4], scores[passed, None]], axis=1)
         offsets = offsets[passed]
         keep = nms(boxes[:, :4], boxes[:, 4], 0.7)
         boxes = _square(_regress(boxes[keep], offsets[keep]))
@@ -303,48 +298,49 @@ class FaceDetector:
             return no_faces
 
         # Stage 3: O-Net gives the final score, box and landmarks.
-        crops, kept = _crops(image, boxes, 48)
+        crops, kept = _crops(table, boxes, 48)
         boxes = boxes[kept]
         if len(boxes) == 0:
             return no_faces
-        offsets, marks, scores = self.onet(crops)
+        offsets, marks, scores = self.networks("onet", crops)
         passed = scores > self.thresholds[2]
-        boxes = torch.cat([boxes[passed, :4], scores[passed, None]], dim=1)
+        boxes = np.concatenate([boxes[passed, :4], scores[passed, None]], axis=1)
         offsets, marks = offsets[passed], marks[passed]
         # Landmarks are relative to the (1-based) box O-Net saw, hence the +1 on the size and -1 on the origin.
         size = boxes[:, 2:4] - boxes[:, 0:2] + 1
         xs = boxes[:, 0:1] + size[:, 0:1] * marks[:, 0:5] - 1
         ys = boxes[:, 1:2] + size[:, 1:2] * marks[:, 5:10] - 1
-        points = torch.stack([xs, ys], dim=2)
+        points = np.stack([xs, ys], axis=2)
         boxes = _regress(boxes, offsets)
-        keep = _nms_min(boxes[:, :4], boxes[:, 4], 0.7)
+        keep = nms(boxes[:, :4], boxes[:, 4], 0.7, overlap="min")
         return boxes[keep], points[keep]
 
-    def _propose(self, image: torch.Tensor) -> torch.Tensor:
+    def _propose(self, table: np.ndarray) -> np.ndarray:
         """Stage 1: P-Net over an image pyramid; returns squared candidate boxes (K, 5)."""
-        _, h, w = image.shape
+        h, w = table.shape[1] - 1, table.shape[2] - 1
         scale = 12.0 / self.min_face_size  # maps the smallest wanted face onto P-Net's 12 px window
         shortest = min(h, w) * scale
         found = []
         while shortest >= 12:
-            level = F.interpolate(image[None], size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
-            offsets, probs = self.pnet(_normalise(level))
-            mask = probs[0] >= self.thresholds[0]
-            if mask.any():
+            level = pyramid_input(table, int(h * scale + 1), int(w * scale + 1))
+            offsets, probs = self.networks("pnet", level)
+            ys, xs = np.nonzero(probs[0] >= self.thresholds[0])
+            if ys.size:
                 # Output cell (x, y) saw the 12x12 window at 2 * (x, y) of this level (1-based corners).
-                corner = 2 * mask.nonzero().flip(1).float() + 1
-                top_left, bottom_right = (corner / scale).floor(), ((corner + 11) / scale).floor()
-                boxes = torch.cat([top_left, bottom_right, probs[0][mask][:, None], offsets[0][:, mask].T], dim=1)
+                corner = 2 * np.stack([xs, ys], axis=1).astype(np.float32) + 1
+                top_left, bottom_right = np.floor(corner / scale), np.floor((corner + 11) / scale)
+                boxes = np.concatenate([top_left, bottom_right, probs[0][ys, xs][:, None], offsets[0][:, ys, xs].T],
+                                       axis=1)
                 found.append(boxes[nms(boxes[:, :4], boxes[:, 4], 0.5)])
             scale *= self.factor
             shortest *= self.factor
         if not found:
-            return image.new_zeros((0, 5))
-        boxes = torch.cat(found)
+            return np.zeros((0, 5))
+        boxes = np.concatenate(found)
         boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
         # P-Net's offsets are in units of the box size without MTCNN's +1.
-        wh = (boxes[:, 2:4] - boxes[:, 0:2]).repeat(1, 2)
-        return _square(torch.cat([boxes[:, :4] + boxes[:, 5:9] * wh, boxes[:, 4:5]], dim=1))
+        wh = np.tile(boxes[:, 2:4] - boxes[:, 0:2], 2)
+        return _square(np.concatenate([boxes[:, :4] + boxes[:, 5:9] * wh, boxes[:, 4:5]], axis=1))
 
 
 # --------------------------------------------------------------------------- alignment
@@ -372,6 +368,33 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]])
 
 
+def warp_affine(pixels: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """``pixels`` ``[H, W, 3]`` uint8 warped by ``matrix`` (2, 3), which maps source to output pixel
+    coordinates (pixel centres at integers), into ``[size, size, 3]`` uint8: bilinear, rounded, the border pixels
+    repeated outside the image (OpenCV's ``warpAffine`` with ``INTER_LINEAR`` and ``BORDER_REPLICATE``, whose
+    fixed-point weights differ by at most one grey level)."""
+    h, w = pixels.shape[:2]
+    inverse = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]
+    grid = np.arange(size, dtype=np.float64)
+    sx = inverse[0, 0] * grid[None, :] + (inverse[0, 1] * grid[:, None] + inverse[0, 2])
+    sy = inverse[1, 0] * grid[None, :] + (inverse[1, 1] * grid[:, None] + inverse[1, 2])
+    x0, y0 = np.floor(sx), np.floor(sy)
+    # The region the output samples, cut out with clipped indices (which repeats the border), RGB packed into
+    # one 32-bit word per pixel so that each of the four neighbours is a single gather.
+    x_lo, y_lo, x_hi, y_hi = int(x0.min()), int(y0.min()), int(x0.max()) + 2, int(y0.max()) + 2
+    rows, cols = np.clip(np.arange(y_lo, y_hi), 0, h - 1), np.clip(np.arange(x_lo, x_hi), 0, w - 1)
+    region = np.zeros((y_hi - y_lo, x_hi - x_lo, 4), np.uint8)
+    region[..., :3] = np.take(np.take(pixels, rows, axis=0), cols, axis=1)
+    stride = x_hi - x_lo
+    at = (y0 - y_lo).astype(np.intp) * stride + (x0 - x_lo).astype(np.intp)
+    packed = np.take(region.view(np.uint32).reshape(-1), np.stack([at, at + 1, at + stride, at + stride + 1]))
+    g = packed.view(np.uint8).reshape(4, size, size, 4)[..., :3].astype(np.float32)
+    fx, fy = (sx - x0).astype(np.float32)[..., None], (sy - y0).astype(np.float32)[..., None]
+    top = g[0] + (g[1] - g[0]) * fx
+    bottom = g[2] + (g[3] - g[2]) * fx
+    return np.clip(np.floor(top + (bottom - top) * fy + 0.5), 0, 255).astype(np.uint8)
+
+
 def align(
     image: Image.Image | np.ndarray,
     landmarks: Sequence[Sequence[float]] | np.ndarray,
@@ -388,10 +411,7 @@ def align(
         raise ValueError(f"landmarks and template must have shape (5, 2), got {points.shape} and {template.shape}")
     # Scaled about pixel edges, not centres (which sit at integers), so that a larger size is exactly a resize.
     matrix = similarity_transform(points, (template + 0.5) * (size / UTKFACE_SIZE) - 0.5)
-    warped = cv2.warpAffine(
-        as_rgb_array(image), matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
-    return Image.fromarray(warped)
+    return Image.fromarray(warp_affine(as_rgb_array(image), matrix, size))
 
 
 def estimate_template(images: Iterable[Image.Image], detector: FaceDetector) -> tuple[np.ndarray, int]:

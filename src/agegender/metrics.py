@@ -1,13 +1,19 @@
-"""Evaluation figures: age MAE/RMSE/CS@5, gender accuracy/MAE/AUC, and the same per group."""
+"""Evaluation figures: age MAE/RMSE/CS@5, gender accuracy/MAE/AUC, and the same per group.
+
+Importing it does not import pandas (prediction uses :func:`age_interval`); the reports that need it import it.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from agegender.data import AGE_BUCKET_NAMES, GENDERS, RACES, age_bucket
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def age_mae(pred: np.ndarray, true: np.ndarray) -> float:
@@ -52,6 +58,8 @@ def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
     >>> roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
     0.75
     """
+    import pandas as pd
+
     score, label = np.asarray(score, float), np.asarray(label).astype(int)
     n_pos, n_neg = int(label.sum()), int((1 - label).sum())
     if n_pos == 0 or n_neg == 0:
@@ -89,6 +97,7 @@ def report(df: pd.DataFrame) -> dict:
 
     ``df`` columns: ``age_true, gender_true, race, age_pred, p_female`` (race may be missing or NaN).
     """
+    import pandas as pd
 
     def fig(part: pd.DataFrame) -> dict:
         return summarize(part["age_pred"], part["age_true"], part["p_female"], part["gender_true"])

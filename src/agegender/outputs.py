@@ -139,6 +139,20 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+def write_rows(rows: list[dict], columns: list[str], path: str | Path) -> None:
+    """Write ``rows`` (dicts; keys outside ``columns`` ignored, missing ones empty) to ``path`` atomically as CSV,
+    cells as :func:`csv_bytes` makes them, without pandas (an inference-only install has none)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, restval="", extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: csv_cell("" if v is None else v) for k, v in row.items()} for row in rows)
+    data = buf.getvalue().encode("utf-8", "surrogateescape")
+    atomic_write(path, lambda f: f.write(data))
+
+
 def write_json(value: Any, path: str | Path) -> None:
     """Write ``value`` to ``path`` atomically as indented JSON (non-UTF-8 names survive as ``\\udcXX``
     escapes, which ``json.loads`` turns back into the same name)."""

@@ -1,41 +1,52 @@
-"""One ``Predictor`` behind the CLI, the service and export: images in, named predictions out."""
+"""One ``Predictor`` behind the CLI, the service and evaluation: images in, named predictions out.
+
+Importing it does not import torch. The network is an exported ONNX file run by onnxruntime (the bundled model
+ships as one: ``default_model.onnx``), or a torch model (a ``.pt`` checkpoint with ``runtime="torch"``, or an
+``AgeGenderNet`` passed in). Either way the input is made by :mod:`agegender.preprocess`, and batches run side
+by side on a few threads (each onnxruntime call on one thread), which keeps a busy machine from slowing it
+down more than its share.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from agegender.checkpoint import load_model, resolve_model_path
+from agegender.checkpoint import BUNDLED_MODEL, BUNDLED_ONNX, resolve_model_path
 from agegender.data import GENDERS
-from agegender.engine import forward_tta, resolve_device
 from agegender.images import ImageInput, as_pil
 from agegender.metrics import age_interval
-from agegender.model import AgeGenderNet
-from agegender.transforms import eval_preset
+from agegender.preprocess import chunks, default_workers, normalise, parallel_map, resize_crop
+from agegender.runtime import OnnxModel
 
 if TYPE_CHECKING:
+    from agegender.faces import Face
     from agegender.tracking import FaceTracks, TrackedFrame
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("auto", "onnx", "torch")
+BATCH_SIZE = 16  # images per network call: larger batches were no faster per image on a CPU (benchmarks/speed.py)
 # Faces predicted per photo by default in predict and the service: a crowd photo costs seconds per face, far
 # beyond what a portrait needs; the largest are kept and the answer says how many were found.
 DEFAULT_MAX_FACES = 50
 
 
 def _exported(checkpoint: Path) -> Path:
-    """The ONNX export of ``checkpoint``, made once and kept in the cache folder."""
-    import hashlib
-
+    """The ONNX export of ``checkpoint``: the shipped file for the bundled model, else one made once and kept
+    in the cache folder (keyed by the checkpoint's content hash; needs torch and onnx)."""
     from agegender.cache import cache_dir
-    from agegender.export import export_checkpoint
 
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
-    out = cache_dir() / "onnx" / f"{checkpoint.stem}-{digest}.onnx"
+    if checkpoint.resolve() == BUNDLED_MODEL.resolve() and BUNDLED_ONNX.is_file():
+        return BUNDLED_ONNX
+    from agegender.checkpoint import import_torch
+
+    import_torch(f"exporting {checkpoint.name} to ONNX")
+    from agegender.export import export_checkpoint, file_sha256
+
+    out = cache_dir() / "onnx" / f"{checkpoint.stem}-{file_sha256(checkpoint)[:16]}.onnx"
     if not out.exists():
         export_checkpoint(checkpoint, out)
     return out
@@ -86,22 +97,34 @@ class PhotoPrediction:
         return self.found - len(self.faces)
 
 
-class Predictor:
-    """Age and gender for face crops framed like UTKFace's aligned crops.
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
 
-    >>> from PIL import Image
-    >>> from agegender.model import ModelConfig
-    >>> p = Predictor(AgeGenderNet(ModelConfig(image_size=32)))
-    >>> [type(r).__name__ for r in p.predict([Image.new("RGB", (50, 40))])]
+
+class Predictor:
+    """Age and gender for face crops framed like UTKFace's aligned crops, and for faces found in photos.
+
+    ``model``: an :class:`agegender.runtime.OnnxModel`, or a torch ``AgeGenderNet`` (run on ``device``).
+    ``workers``: threads that run batches side by side (default: one per core, at most 4, for onnxruntime;
+    1 for torch, which uses several threads per call).
+
+    >>> from agegender.checkpoint import BUNDLED_ONNX
+    >>> p = Predictor(OnnxModel(BUNDLED_ONNX))
+    >>> [type(r).__name__ for r in p.predict([np.zeros((40, 50, 3), np.uint8)])]
     ['Prediction']
     """
 
-    def __init__(self, model: AgeGenderNet, device: str | torch.device = "cpu", flip_tta: bool | None = None,
-                 checkpoint: dict | None = None, detector=None) -> None:
-        self.device = resolve_device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval()
-        cfg = model.config
-        self.transform = eval_preset(cfg.preset)
+    def __init__(self, model: Any, device: Any = "cpu", flip_tta: bool | None = None,
+                 checkpoint: dict | None = None, detector: Any = None, workers: int | None = None) -> None:
+        self.model = model
+        if isinstance(model, OnnxModel):
+            self.device, self._net = "cpu", model
+        else:  # a torch network; only then is torch imported
+            from agegender.engine import TorchRunner, resolve_device
+
+            self.device = resolve_device(device) if isinstance(device, str) else device
+            self._net = TorchRunner(model, self.device)
+        self.preset = model.config.preset
         ckpt = checkpoint or {}
         # The checkpoint says how it was validated and calibrated (mirror averaging or not); follow it
         # unless told otherwise, so the interval keeps its calibrated coverage.
@@ -110,79 +133,138 @@ class Predictor:
         self.interval_scale: float | None = interval["scale"] if interval else None
         self.interval_coverage: float | None = interval["coverage"] if interval else None
         self.checkpoint_info = {k: v for k, v in ckpt.items() if not k.endswith("_state")}
+        # onnxruntime runs each call on one thread, so batches run side by side; torch spreads each call over
+        # its own threads, and running two at once would only make them fight over the cores.
+        parallel = isinstance(model, OnnxModel)
+        self.workers = (default_workers() if parallel else 1) if workers is None else max(1, workers)
         self._detector = detector
 
     @property
     def detector(self):
-        """The face detector (MTCNN), created on first use: crops-only users never pay for it."""
+        """The face detector (MTCNN on onnxruntime), created on first use: crops-only users never pay for it."""
         if self._detector is None:
             from agegender.faces import FaceDetector
 
-            self._detector = FaceDetector(device=self.device)
+            self._detector = FaceDetector()
         return self._detector
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", flip_tta: bool | None = None,
-                        detector=None, runtime: str = "torch") -> Predictor:
-        """A predictor for a checkpoint (``.pt``) or an exported ``.onnx`` file.
+                        detector: Any = None, runtime: str = "auto", workers: int | None = None) -> Predictor:
+        """A predictor for an exported ``.onnx`` file or a ``.pt`` checkpoint.
 
-        ``runtime="onnx"`` runs the network with onnxruntime: an ``.onnx`` file directly; a checkpoint is
-        exported once into the cache folder (keyed by its content hash) and that file is used.
+        ``runtime="auto"``: onnxruntime for an ``.onnx`` file and for the bundled model (its shipped export),
+        torch for other checkpoints. ``"onnx"``: a checkpoint is exported once into the cache folder (keyed
+        by its content hash) and that file is run. ``"torch"``: the checkpoint's network in torch.
         """
         path = Path(path)
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-        if path.suffix == ".onnx" or runtime == "onnx":
-            from agegender.export import OnnxModel
+        bundled = path.resolve() == BUNDLED_MODEL.resolve() and BUNDLED_ONNX.is_file()
+        if path.suffix == ".onnx" or runtime == "onnx" or (runtime == "auto" and bundled):
+            model = OnnxModel(path if path.suffix == ".onnx" else _exported(path), threads=1)
+            return cls(model, flip_tta=flip_tta, checkpoint=model.checkpoint_like(), detector=detector,
+                       workers=workers)
+        from agegender.checkpoint import load_model
 
-            onnx_path = path if path.suffix == ".onnx" else _exported(path)
-            model = OnnxModel(onnx_path)
-            return cls(model, device="cpu", flip_tta=flip_tta, checkpoint=model.checkpoint_like(),
-                       detector=detector)
         model, ckpt = load_model(path)
-        return cls(model, device=device, flip_tta=flip_tta, checkpoint=ckpt, detector=detector)
+        return cls(model, device=device, flip_tta=flip_tta, checkpoint=ckpt, detector=detector, workers=workers)
 
     @classmethod
-    def default(cls, device: str = "cpu") -> Predictor:
-        """The bundled model (``agegender/default_model.pt``)."""
-        return cls.from_checkpoint(resolve_model_path(None), device=device)
+    def default(cls, device: str = "cpu", runtime: str = "auto") -> Predictor:
+        """The bundled model (its ONNX export; ``runtime="torch"``: ``default_model.pt``)."""
+        return cls.from_checkpoint(resolve_model_path(None), device=device, runtime=runtime)
 
-    def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        """Images -> normalised batch ``[N, 3, S, S]``."""
-        return torch.stack([self.transform(as_pil(im)) for im in images])
+    def prepare(self, image: ImageInput) -> np.ndarray:
+        """One image (PIL, path, encoded bytes or HxWx3 uint8 array) -> the network's crop, uint8 ``[S, S, 3]``."""
+        return resize_crop(as_pil(image), self.preset)
 
-    @torch.inference_mode()
-    def predict_tensor(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
-        """``[N, 3, S, S]`` normalised batch -> ``{"age", "age_sigma", "p_female"}``, each ``[N]``."""
-        out = forward_tta(self.model, batch.to(self.device), self.flip_tta)
-        return {"age": out["age"].cpu().numpy(), "age_sigma": out["age_sigma"].cpu().numpy(),
-                "p_female": torch.sigmoid(out["gender_logit"]).cpu().numpy()}
+    def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Images -> normalised batch float32 ``[N, 3, S, S]``."""
+        return normalise(np.stack(parallel_map(self.prepare, images, self.workers)), self.preset)
 
-    def predict_faces(self, images: Sequence[ImageInput], batch_size: int = 64) -> list[list[FacePrediction]]:
-        """Detect every face in each photo, align it to UTKFace's framing, and predict; one list per photo
-        (empty where no face was found)."""
-        return [photo.faces for photo in self.predict_photos(images, batch_size)]
+    def predict_tensor(self, batch: Any) -> dict[str, np.ndarray]:
+        """Normalised batch ``[N, 3, S, S]`` (numpy, or a CPU tensor) -> ``{"age", "age_sigma", "p_female"}``,
+        each ``[N]``; with ``flip_tta`` the mean over each image and its mirror image (the gender logit is
+        averaged before the sigmoid)."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if self.flip_tta:  # one call on the images and their mirror images
+            both = self._net(np.concatenate([batch, batch[..., ::-1]]))
+            out = {k: (v[: len(batch)] + v[len(batch) :]) / 2 for k, v in both.items()}
+        else:
+            out = self._net(batch)
+        return {"age": out["age"], "age_sigma": out["age_sigma"], "p_female": _sigmoid(out["gender_logit"])}
 
-    def predict_photos(self, images: Sequence[ImageInput], batch_size: int = 64, max_faces: int | None = None,
-                       check: Callable[[], None] | None = None) -> list[PhotoPrediction]:
-        """As :meth:`predict_faces`, with a bound on the work: at most ``max_faces`` faces per photo (the
-        largest) are aligned and predicted, and ``check`` is called between steps and may raise to stop."""
+    def predict_crops(self, crops: np.ndarray, batch_size: int = BATCH_SIZE) -> dict[str, np.ndarray]:
+        """uint8 crops ``[N, S, S, 3]`` (from :meth:`prepare`) -> ``{"age", "age_sigma", "p_female"}`` ``[N]``,
+        in batches of ``batch_size`` run side by side."""
+        if len(crops) == 0:
+            return {k: np.zeros(0, np.float32) for k in ("age", "age_sigma", "p_female")}
+        parts = parallel_map(lambda part: self.predict_tensor(normalise(part, self.preset)),
+                             chunks(crops, batch_size), self.workers)
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def predict(self, images: Sequence[ImageInput], batch_size: int = BATCH_SIZE,
+                check: Callable[[], None] | None = None) -> list[Prediction]:
+        """One :class:`Prediction` per image (PIL images, paths, encoded bytes or HxWx3 uint8 arrays). Each batch
+        is decoded, cropped and run in one worker thread; ``check`` is called before each batch and may raise to
+        stop."""
+        def run(part: Sequence[ImageInput]) -> dict[str, np.ndarray]:
+            if check is not None:
+                check()
+            return self.predict_tensor(normalise(np.stack([self.prepare(im) for im in part]), self.preset))
+
+        parts = parallel_map(run, chunks(list(images), batch_size), self.workers)
+        return [p for part in parts for p in self.predictions(part)]
+
+    def predictions(self, out: dict[str, np.ndarray]) -> list[Prediction]:
+        """Network outputs (``age``, ``age_sigma``, ``p_female``, each ``[N]``) -> one :class:`Prediction` each,
+        with the calibrated interval where the model has one."""
+        n = len(out["age"])
+        lows, highs = [None] * n, [None] * n
+        if self.interval_scale is not None:
+            lows, highs = age_interval(out["age"], out["age_sigma"], self.interval_scale)
+        return [Prediction(float(max(age, 0.0)), GENDERS[int(p >= 0.5)], float(p),
+                           None if lo is None else float(lo), None if hi is None else float(hi), float(sigma))
+                for age, p, lo, hi, sigma in zip(out["age"], out["p_female"], lows, highs, out["age_sigma"],
+                                                 strict=True)]
+
+    def find_faces(self, image: ImageInput, max_faces: int | None = None,
+                   check: Callable[[], None] | None = None) -> tuple[list[Face], np.ndarray, int]:
+        """Detect every face in one photo and align it to UTKFace's framing: ``(faces, crops uint8 [K, S, S, 3],
+        found)`` (see :meth:`prepare`); at most ``max_faces`` faces (the largest) are kept of the ``found``."""
         from agegender.faces import UTKFACE_SIZE, align, largest
 
+        if check is not None:
+            check()
+        pil = as_pil(image)
+        faces = self.detector.detect(pil, check)
+        found = len(faces)
+        if max_faces is not None:
+            faces = largest(faces, max_faces)
+        crops = [self.prepare(align(pil, f.landmarks, UTKFACE_SIZE)) for f in faces]
+        size = self.preset.image_size
+        return faces, np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8), found
+
+    def predict_photos(self, images: Sequence[ImageInput], batch_size: int = BATCH_SIZE,
+                       max_faces: int | None = None, check: Callable[[], None] | None = None) -> list[PhotoPrediction]:
+        """Detect every face in each photo, align it to UTKFace's framing, and predict; one
+        :class:`PhotoPrediction` per photo. The work is bounded: at most ``max_faces`` faces per photo (the
+        largest) are aligned and predicted, and ``check`` is called between steps and may raise to stop. Photos
+        are detected side by side; all their faces then go through the network together."""
         if max_faces is not None and max_faces < 1:
             raise ValueError(f"max_faces must be >= 1 or None, got {max_faces}")
-        check = check or (lambda: None)
-        found, kept, crops = [], [], []
-        for image in images:
-            check()
-            pil = as_pil(image)
-            faces = self.detector.detect(pil, check)
-            found.append(len(faces))
-            kept.append(faces if max_faces is None else largest(faces, max_faces))
-            crops.extend(align(pil, f.landmarks, UTKFACE_SIZE) for f in kept[-1])
-        preds = iter(self.predict(crops, batch_size, check) if crops else [])
+        found = parallel_map(lambda image: self.find_faces(image, max_faces, check), images, self.workers)
+        size = self.preset.image_size
+        crops = np.concatenate([c for _, c, _ in found]) if found else np.zeros((0, size, size, 3), np.uint8)
+        preds = iter(self.predictions(self.predict_crops(crops, batch_size)))
         return [PhotoPrediction([FacePrediction(i, f.box, f.score, f.landmarks, next(preds))
-                                 for i, f in enumerate(faces)], n) for faces, n in zip(kept, found, strict=True)]
+                                 for i, f in enumerate(faces)], n) for faces, _, n in found]
+
+    def predict_faces(self, images: Sequence[ImageInput], batch_size: int = BATCH_SIZE) -> list[list[FacePrediction]]:
+        """Every face of each photo (see :meth:`predict_photos`); one list per photo (empty where no face was
+        found)."""
+        return [photo.faces for photo in self.predict_photos(images, batch_size)]
 
     def track(self, frames: Iterable[ImageInput], every: int = 1, fps: float | None = None,
               tracks: FaceTracks | None = None) -> Iterator[TrackedFrame]:
@@ -202,22 +284,3 @@ class Predictor:
             if analysed:
                 faces = tracks.update(index, self.predict_faces([frame])[0])
             yield TrackedFrame(index, index / fps if fps else None, analysed, faces, tracks.estimates())
-
-    def predict(self, images: Sequence[ImageInput], batch_size: int = 64,
-                check: Callable[[], None] | None = None) -> list[Prediction]:
-        """One :class:`Prediction` per image (PIL images, paths, encoded bytes or HxWx3 uint8 arrays);
-        ``check`` is called before each batch and may raise to stop."""
-        results: list[Prediction] = []
-        for start in range(0, len(images), batch_size):
-            if check is not None:
-                check()
-            out = self.predict_tensor(self.preprocess(images[start : start + batch_size]))
-            lows, highs = [None] * len(out["age"]), [None] * len(out["age"])
-            if self.interval_scale is not None:
-                lows, highs = age_interval(out["age"], out["age_sigma"], self.interval_scale)
-            for age, p, lo, hi, sigma in zip(out["age"], out["p_female"], lows, highs, out["age_sigma"],
-                                             strict=True):
-                results.append(Prediction(
-                    float(max(age, 0.0)), GENDERS[int(p >= 0.5)], float(p),
-                    None if lo is None else float(lo), None if hi is None else float(hi), float(sigma)))
-        return results

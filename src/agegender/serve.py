@@ -2,7 +2,9 @@
 
 The model is loaded once by the caller (:func:`create_app` takes a ready :class:`Predictor`). Uploads stay in
 memory: the body is read with a byte limit and multipart is parsed on those bytes, so nothing is spooled to disk.
-Decoding and prediction run in a small thread pool off the event loop, behind a bounded queue.
+Decoding and prediction run off the event loop in worker threads behind a bounded queue, which batches the
+requests waiting together (:class:`JobQueue`): their photos are decoded and searched side by side and all their
+faces go through the network in one call.
 
 Status codes of ``POST /v1/predict`` (every error body is ``{"error": code, "detail": sentence}``):
 200 ok (``faces`` may be empty; at most ``max_faces``, the largest, with ``faces_found`` counting all);
@@ -23,9 +25,12 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,36 +67,99 @@ class QueueFull(Exception):
     """Every worker is busy and ``max_queue`` jobs are already waiting."""
 
 
+@dataclass
+class _Job:
+    fn: Callable[..., Any]
+    args: tuple
+    batched: bool
+    future: Future = field(default_factory=Future)
+
+
 class JobQueue:
-    """A thread pool of ``workers`` threads that accepts at most ``max_queue`` jobs waiting beyond those running.
+    """``workers`` threads taking jobs from a queue that holds at most ``max_queue`` jobs beyond those running.
+
+    ``submit(fn, *args)`` runs ``fn(*args)`` alone. ``submit_batched(fn, item)`` runs ``fn([item, ...])``
+    together with the other items for ``fn`` that are waiting when a worker takes it, or that arrive within
+    ``window_s`` after it (up to ``max_batch``): under load the queue fills while a batch runs, so batches grow
+    with the load and each costs less per item. ``fn`` returns one result, or one exception, per item.
 
     A slot is freed when its job finishes or is cancelled, not when a request gives up waiting: a timed-out job
     that already runs keeps its slot until it ends, so the bound always reflects the work really in the pool.
     """
 
-    def __init__(self, workers: int, max_queue: int) -> None:
-        if workers < 1 or max_queue < 0:
-            raise ValueError(f"need workers >= 1 and max_queue >= 0, got {workers} and {max_queue}")
+    def __init__(self, workers: int, max_queue: int, max_batch: int = 8, window_s: float = 0.005) -> None:
+        if workers < 1 or max_queue < 0 or max_batch < 1 or window_s < 0:
+            raise ValueError(f"need workers >= 1, max_queue >= 0, max_batch >= 1 and window_s >= 0, got {workers}, "
+                             f"{max_queue}, {max_batch} and {window_s}")
         self.capacity = workers + max_queue
+        self.max_batch, self.window_s = max_batch, window_s
         self.in_flight = 0
+        self._jobs: deque[_Job] = deque()
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agegender-serve")
+        self._arrived = threading.Condition(self._lock)
+        self._closed = False
+        for i in range(workers):
+            threading.Thread(target=self._work, name=f"agegender-serve-{i}", daemon=True).start()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        return self._put(_Job(fn, args, batched=False))
+
+    def submit_batched(self, fn: Callable[[list], list], item: Any) -> Future:
+        return self._put(_Job(fn, (item,), batched=True))
+
+    def _put(self, job: _Job) -> Future:
         with self._lock:
-            if self.in_flight >= self.capacity:
+            if self._closed or self.in_flight >= self.capacity:
                 raise QueueFull
             self.in_flight += 1
-        future = self._pool.submit(fn, *args)
-        future.add_done_callback(self._release)
-        return future
+            self._jobs.append(job)
+            self._arrived.notify()
+        job.future.add_done_callback(self._release)
+        return job.future
 
     def _release(self, _future: Future) -> None:
         with self._lock:
             self.in_flight -= 1
 
+    def _next(self, fn: Callable | None = None, deadline: float = 0.0) -> _Job | None:
+        """The next job to run (blocking), or with ``fn`` the next waiting batched job for ``fn`` (waiting
+        until ``deadline`` for one, never past a job for something else). Cancelled jobs are dropped."""
+        with self._lock:
+            while True:
+                if self._jobs and (fn is None or (self._jobs[0].batched and self._jobs[0].fn is fn)):
+                    job = self._jobs.popleft()
+                    if job.future.set_running_or_notify_cancel():
+                        return job
+                    continue
+                timeout = None if fn is None else deadline - time.monotonic()
+                if self._jobs or self._closed or (timeout is not None and timeout <= 0):
+                    return None
+                self._arrived.wait(timeout)
+
+    def _work(self) -> None:
+        while (job := self._next()) is not None:
+            batch = [job]
+            deadline = time.monotonic() + self.window_s
+            while job.batched and len(batch) < self.max_batch and (more := self._next(job.fn, deadline)):
+                batch.append(more)
+            try:
+                results = job.fn([j.args[0] for j in batch]) if job.batched else [job.fn(*job.args)]
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting requests, as an executor does
+                results = [e] * len(batch)
+            for j, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    j.future.set_exception(result)
+                else:
+                    j.future.set_result(result)
+
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the workers once their jobs end; jobs still waiting are cancelled."""
+        with self._lock:
+            self._closed = True
+            waiting, self._jobs = list(self._jobs), deque()
+            self._arrived.notify_all()
+        for job in waiting:
+            job.future.cancel()
 
 
 def _finite(value: Any) -> Any:
@@ -148,25 +216,50 @@ def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
         raise ApiError(status, code, f"The upload cannot be used: {str(e).removeprefix('<bytes>: ')}.") from None
 
 
-def _predict_job(predictor: Predictor, data: bytes, limits: dict, cancelled: threading.Event) -> dict:
-    """The CPU-bound part of a request, run in a worker thread; it stops at its next step once ``cancelled``."""
+def _decode_timed(item: tuple[bytes, int, threading.Event]) -> tuple[Image.Image | BaseException, float]:
+    t0 = time.perf_counter()
+    data, max_pixels, cancelled = item
+    try:
+        if cancelled.is_set():
+            raise JobCancelled
+        image: Image.Image | BaseException = decode_upload(data, max_pixels)
+    except (ApiError, JobCancelled) as e:
+        image = e
+    return image, 1000 * (time.perf_counter() - t0)
+
+
+def _predict_jobs(predictor: Predictor, max_faces: int | None,
+                  items: list[tuple[bytes, int, threading.Event]]) -> list[dict | BaseException]:
+    """The CPU-bound part of a batch of requests (``(upload, max_pixels, cancelled)`` each), run in a worker
+    thread: the uploads decoded side by side (an upload that fails answers its own request with the error), then
+    the faces of all the photos found and predicted together, at most ``max_faces`` per photo. The work stops at
+    its next step once every request of the batch is answered (``cancelled``: timed out)."""
+    from agegender.preprocess import parallel_map
 
     def check() -> None:
-        if cancelled.is_set():
+        if all(cancelled.is_set() for _, _, cancelled in items):
             raise JobCancelled
 
     t0 = time.perf_counter()
-    image = decode_upload(data, limits["max_pixels"])
+    decoded = parallel_map(_decode_timed, items, predictor.workers)
+    images = [image for image, _ in decoded if isinstance(image, Image.Image)]
     t1 = time.perf_counter()
     try:
-        (photo,) = predictor.predict_photos([image], max_faces=limits["max_faces"], check=check)
+        photos = iter(predictor.predict_photos(images, max_faces=max_faces, check=check))
     except JobCancelled:
-        log.info("stopped the work of a timed-out request after %.1f s", time.perf_counter() - t0)
+        log.info("stopped the work of %d timed-out request(s) after %.1f s", len(items), time.perf_counter() - t0)
         raise
-    t2 = time.perf_counter()
-    return {"faces": [face.to_dict() for face in photo.faces], "faces_found": photo.found,
-            "faces_dropped": photo.dropped, "width": image.width, "height": image.height,
-            "timing_ms": {"decode": 1000 * (t1 - t0), "detect_predict": 1000 * (t2 - t1)}}
+    detect_ms = 1000 * (time.perf_counter() - t1)
+    results: list[dict | BaseException] = []
+    for image, decode_ms in decoded:
+        if not isinstance(image, Image.Image):
+            results.append(image)
+            continue
+        photo = next(photos)
+        results.append({"faces": [face.to_dict() for face in photo.faces], "faces_found": photo.found,
+                        "faces_dropped": photo.dropped, "width": image.width, "height": image.height,
+                        "timing_ms": {"decode": decode_ms, "detect_predict": detect_ms}})
+    return results
 
 
 def _multipart_file(body: bytes, content_type: str, field: str = "file") -> bytes:
@@ -307,7 +400,7 @@ async def predict(request: Request) -> dict:
         async with asyncio.timeout(limits["timeout_s"]):
             data = await read_image_upload(request, media, limits["max_upload_bytes"])
             try:
-                future = state.jobs.submit(_predict_job, state.predictor, data, limits, cancelled)
+                future = state.jobs.submit_batched(state.predict, (data, limits["max_pixels"], cancelled))
             except QueueFull:
                 raise ApiError(503, "busy", "The server is busy; retry shortly.",
                                {"Retry-After": str(RETRY_AFTER_S)}) from None
@@ -435,17 +528,18 @@ def host_name(scope: dict) -> str:
 
 def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = MAX_PIXELS,
                timeout_s: float = 30.0, max_queue: int = 8, workers: int = 1, model_name: str | None = None,
-               max_faces: int | None = DEFAULT_MAX_FACES, allowed_hosts: list[str] | None = None, docs: bool = False
-               ) -> FastAPI:
+               max_faces: int | None = DEFAULT_MAX_FACES, allowed_hosts: list[str] | None = None, docs: bool = False,
+               max_batch: int = 8, batch_window_s: float = 0.005) -> FastAPI:
     """The web app around a loaded ``predictor``; ``model_name`` (e.g. the checkpoint's file name) goes into the
-    model id reported with every answer. ``app.state.jobs`` is the :class:`JobQueue` that runs the predictions.
+    model id reported with every answer. ``app.state.jobs`` is the :class:`JobQueue` that runs the predictions,
+    up to ``max_batch`` requests together (see there for ``batch_window_s``).
 
     ``max_faces``: faces predicted per photo at most (the largest; None: all). ``allowed_hosts``: Host names
     answered (None: any). ``docs``: serve /docs and /redoc, whose pages load scripts from a CDN (off by
     default: the service itself loads nothing from elsewhere); /openapi.json is always there."""
     cfg = predictor.model.config
     predictor.detector  # noqa: B018 - load the face detector now, once, not in the first request
-    jobs = JobQueue(workers, max_queue)
+    jobs = JobQueue(workers, max_queue, max_batch, batch_window_s)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -457,9 +551,10 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, m
                   description="Age and gender of the faces in a photo. Errors are "
                   '`{"error": code, "detail": sentence}`.')
     app.state.predictor, app.state.jobs = predictor, jobs
+    app.state.predict = partial(_predict_jobs, predictor, max_faces)  # one object, so that its requests batch together
     app.state.model_id = f"{cfg.backbone}-{cfg.image_size}px" + (f":{model_name}" if model_name else "")
     app.state.limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "timeout_s": timeout_s,
-                        "workers": workers, "max_queue": max_queue, "max_faces": max_faces}
+                        "workers": workers, "max_queue": max_queue, "max_faces": max_faces, "max_batch": max_batch}
     install_error_handlers(app)
     if allowed_hosts is not None:
         app.add_middleware(AllowedHosts, hosts=allowed_hosts)

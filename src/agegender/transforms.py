@@ -1,4 +1,5 @@
-"""Transform presets: the one place where input size, crop, mean and std live.
+"""Transform presets for training (torch): augmentation, and the decode and evaluation views built on the numpy
+path of :mod:`agegender.preprocess`, where input size, crop, mean and std live (:class:`PresetConfig`).
 
 Training and inference read these from the model config saved in the checkpoint, so a model is always fed
 exactly as it was trained.
@@ -6,40 +7,41 @@ exactly as it was trained.
 
 from __future__ import annotations
 
-import io
 import math
-from dataclasses import dataclass
 
+import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from agegender.images import as_pil
+from agegender.preprocess import (  # noqa: F401 - degrade_fixed is re-exported
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PresetConfig,
+    center_crop,
+    degrade_fixed,
+    normalise,
+    resize_crop,
+)
 
-
-@dataclass(frozen=True)
-class PresetConfig:
-    """Input geometry and normalisation. ``crop_pct`` is the share of the resized image kept by the crop."""
-
-    image_size: int
-    crop_pct: float
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    @property
-    def resize_size(self) -> int:
-        """Side of the resized image before the crop.
-
-        >>> PresetConfig(image_size=90, crop_pct=0.9).resize_size
-        100
-        """
-        return int(round(self.image_size / self.crop_pct))
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PresetConfig", "decode_preset", "eval_preset", "train_preset"]
 
 
 def _to_tensor(cfg: PresetConfig) -> list:
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(cfg.mean, cfg.std)]
+
+
+class _DecodeView:
+    """PIL image -> uint8 tensor ``[3, R, R]``: :func:`preprocess.resize_crop` to the resize side (a class, not a
+    closure, so that loader worker processes can pickle it)."""
+
+    def __init__(self, cfg: PresetConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(resize_crop(as_pil(image), self.cfg, self.cfg.resize_size)).permute(2, 0, 1)
 
 
 class RandomDegrade:
@@ -89,22 +91,10 @@ class RandomDegrade:
         return img
 
 
-def degrade_fixed(image: Image.Image) -> Image.Image:
-    """The fixed damage of the "degraded validation" figure: greyscale, a third of the size and back up,
-    blurred (radius 1) and re-compressed as JPEG quality 30. Deterministic, so every model sees the same
-    degraded copy."""
-    w, h = image.size
-    small = image.convert("L").resize((max(8, w // 3), max(8, h // 3)), Image.BILINEAR)
-    blurred = small.resize((w, h), Image.BILINEAR).filter(ImageFilter.GaussianBlur(1)).convert("RGB")
-    buf = io.BytesIO()
-    blurred.save(buf, "JPEG", quality=30)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
-def decode_preset(cfg: PresetConfig) -> T.Compose:
+def decode_preset(cfg: PresetConfig) -> _DecodeView:
     """What the decode cache stores: a PIL image resized and centre-cropped to a ``resize_size`` square,
     as a uint8 tensor ``[3, R, R]``. Both presets below then start from exactly these pixels."""
-    return T.Compose([T.Resize(cfg.resize_size, antialias=True), T.CenterCrop(cfg.resize_size), T.PILToTensor()])
+    return _DecodeView(cfg)
 
 
 def train_preset(cfg: PresetConfig, strength: float = 1.0, cached: bool = False, degrade: float = 0.0) -> T.Compose:
@@ -131,7 +121,22 @@ def train_preset(cfg: PresetConfig, strength: float = 1.0, cached: bool = False,
     )
 
 
-def eval_preset(cfg: PresetConfig, cached: bool = False) -> T.Compose:
-    """Resize then centre crop (only the crop with ``cached``); output float ``[3, image_size, image_size]``."""
-    resize = [] if cached else [T.Resize(cfg.resize_size, antialias=True)]
-    return T.Compose([*resize, T.CenterCrop(cfg.image_size), *_to_tensor(cfg)])
+class _EvalView:
+    """The evaluation input as a tensor ``[3, S, S]``, made by the numpy path every runtime uses
+    (:func:`preprocess.resize_crop` and :func:`preprocess.normalise`)."""
+
+    def __init__(self, cfg: PresetConfig, cached: bool) -> None:
+        self.cfg, self.cached = cfg, cached
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        if self.cached:  # a uint8 tensor [3, R, R] from decode_preset
+            pixels = center_crop(np.asarray(image.permute(1, 2, 0)), self.cfg.image_size)
+        else:
+            pixels = resize_crop(as_pil(image), self.cfg)
+        return torch.from_numpy(normalise(pixels[None], self.cfg)[0])
+
+
+def eval_preset(cfg: PresetConfig, cached: bool = False) -> _EvalView:
+    """Resize then centre crop (only the crop with ``cached``, whose input is :func:`decode_preset`'s uint8
+    tensor); output float ``[3, image_size, image_size]``, normalised."""
+    return _EvalView(cfg, cached)

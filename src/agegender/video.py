@@ -18,8 +18,12 @@ from types import TracebackType
 # this module raises; keep them to fatal ones unless the user asked for another level.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
 
-import cv2  # noqa: E402 - after the log level above, which FFmpeg reads when OpenCV first uses it
 import numpy as np  # noqa: E402
+
+try:  # the video extra; an inference-only install has none, and says so when a video is opened
+    import cv2  # noqa: E402 - after the log level above, which FFmpeg reads when OpenCV first uses it
+except ImportError:
+    cv2 = None
 
 from agegender.images import as_rgb_array  # noqa: E402
 
@@ -35,6 +39,11 @@ COUNT_SLACK = 2
 
 class VideoError(ValueError):
     """The video cannot be opened, or ends before the frames its container declares (truncated or damaged)."""
+
+
+def _need_opencv() -> None:
+    if cv2 is None:
+        raise ImportError("reading and writing video needs OpenCV and norfair-enough: pip install 'agegender[video]'")
 
 
 def is_video(path: str | Path) -> bool:
@@ -64,6 +73,7 @@ class VideoReader:
     """
 
     def __init__(self, path: str | Path) -> None:
+        _need_opencv()
         self.path = Path(path)
         if not self.path.is_file():
             raise VideoError(f"{self.path}: no such file")
@@ -142,6 +152,7 @@ class VideoWriter:
     Close it (or use it as a context manager) to finish the file; a file closed early holds the frames so far."""
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]) -> None:
+        _need_opencv()
         self.path = Path(path)
         codec = write_codec(self.path)
         self.size = (int(size[0]), int(size[1]))
@@ -173,6 +184,7 @@ class VideoWriter:
 def write_y4m(path: str | Path, frames: Iterator[np.ndarray] | list[np.ndarray], fps: int) -> Path:
     """Write ``frames`` (``(H, W, 3)`` uint8 RGB, even sides) as uncompressed YUV4MPEG2 4:2:0, the format a
     browser's fake camera plays (Chromium's ``--use-file-for-fake-video-capture``); returns ``path``."""
+    _need_opencv()
     path = Path(path)
     with open(path, "wb") as out:
         for i, frame in enumerate(frames):
