@@ -144,6 +144,29 @@ def test_every_kth_frame_and_skipped_frames(predictor, clip: Path) -> None:
         next(predictor.track([], every=0))
 
 
+def test_frames_searched_ahead_give_the_same_tracks_and_a_break_keeps_what_came_before(predictor, clip: Path,
+                                                                                     tracked: list) -> None:
+    with VideoReader(clip) as reader:
+        frames = list(reader)
+    ahead = list(predictor.track(frames, fps=FPS, ahead=3))
+    assert [f.index for f in ahead] == [f.index for f in tracked]
+    assert [[(f.track, f.face.box) for f in fr.faces] for fr in ahead] == \
+        [[(f.track, f.face.box) for f in fr.faces] for fr in tracked]
+    assert ahead[-1].tracks == tracked[-1].tracks
+
+    def breaks_after_five():
+        yield from frames[:5]
+        raise OSError("the camera went away")
+
+    got = []
+    with pytest.raises(OSError, match="camera went away"):
+        for frame in predictor.track(breaks_after_five(), fps=FPS, ahead=3):
+            got.append(frame.index)
+    assert got == [0, 1, 2, 3, 4]  # the three frames still in flight at the break are answered first
+    with pytest.raises(ValueError, match="ahead >= 0"):
+        next(predictor.track([], ahead=-1))
+
+
 def test_face_tracks_refuses_frames_out_of_order() -> None:
     tracks = FaceTracks()
     tracks.update(3, [])

@@ -267,20 +267,52 @@ class Predictor:
         return [photo.faces for photo in self.predict_photos(images, batch_size)]
 
     def track(self, frames: Iterable[ImageInput], every: int = 1, fps: float | None = None,
-              tracks: FaceTracks | None = None) -> Iterator[TrackedFrame]:
+              tracks: FaceTracks | None = None, ahead: int = 0) -> Iterator[TrackedFrame]:
         """Follow the faces of a video: ``frames`` (an iterable of photos, in order) in, one
-        :class:`~agegender.tracking.TrackedFrame` out per frame, as each is read: its faces with their track
-        number and each track's running estimate. Faces are detected in every ``every``-th frame (the first
-        included); ``fps`` gives each frame's time; ``tracks`` continues an existing
-        :class:`~agegender.tracking.FaceTracks` (by default a new one with this model's interval scale)."""
+        :class:`~agegender.tracking.TrackedFrame` out per frame, in order: its faces with their track number and
+        each track's running estimate. Faces are detected in every ``every``-th frame (the first included);
+        ``fps`` gives each frame's time; ``tracks`` continues an existing :class:`~agegender.tracking.FaceTracks`
+        (by default a new one with this model's interval scale).
+
+        ``ahead``: frames read and searched for faces ahead of the one being linked, on ``ahead`` threads (a
+        frame costs what a photo costs, so a video file keeps every core busy this way); 0 handles each frame
+        as it comes, for a live source that has no next frame yet. If ``frames`` fails part-way, the frames read
+        before the failure are still answered, then the error is raised."""
+        from collections import deque
+
+        from agegender.preprocess import thread_pool
         from agegender.tracking import FaceTracks, TrackedFrame
 
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+        if every < 1 or ahead < 0:
+            raise ValueError(f"every must be >= 1 and ahead >= 0, got {every} and {ahead}")
         tracks = tracks or FaceTracks(self.interval_scale, every=every)
-        faces = []
-        for index, frame in enumerate(frames):
-            analysed = index % every == 0
-            if analysed:
-                faces = tracks.update(index, self.predict_faces([frame])[0])
-            yield TrackedFrame(index, index / fps if fps else None, analysed, faces, tracks.estimates())
+        faces: list = []
+
+        def detect(frame: ImageInput) -> list[FacePrediction]:
+            return self.predict_faces([frame])[0]
+
+        def link(index: int, found: list[FacePrediction] | None) -> TrackedFrame:
+            nonlocal faces
+            if found is not None:
+                faces = tracks.update(index, found)
+            return TrackedFrame(index, index / fps if fps else None, found is not None, faces, tracks.estimates())
+
+        if ahead == 0:
+            for index, frame in enumerate(frames):
+                yield link(index, detect(frame) if index % every == 0 else None)
+            return
+        pool, pending = thread_pool(ahead), deque()
+        error: Exception | None = None
+        try:
+            for index, frame in enumerate(frames):
+                pending.append((index, pool.submit(detect, frame) if index % every == 0 else None))
+                while len(pending) > ahead:
+                    index, work = pending.popleft()
+                    yield link(index, None if work is None else work.result())
+        except Exception as e:  # noqa: BLE001 - the source broke off: what it gave before is answered first
+            error = e
+        while pending:
+            index, work = pending.popleft()
+            yield link(index, None if work is None else work.result())
+        if error is not None:
+            raise error

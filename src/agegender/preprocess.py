@@ -126,8 +126,9 @@ def default_workers() -> int:
 
 
 @lru_cache(maxsize=4)
-def _executor(workers: int) -> ThreadPoolExecutor:
-    # One long-lived pool per size: thread start-up is paid once per process, not per batch.
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of ``workers`` threads (one long-lived pool per size: thread start-up is paid once per
+    process, not per batch). Work that runs on it and calls :func:`parallel_map` runs that inline."""
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agegender-pool")
 
 
@@ -143,7 +144,7 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None =
     nested = threading.current_thread().name.startswith("agegender-pool")
     if workers <= 1 or len(items) <= 1 or nested:
         return [fn(x) for x in items]
-    return list(_executor(workers).map(fn, items))
+    return list(thread_pool(workers).map(fn, items))
 
 
 def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:

@@ -94,7 +94,6 @@ class VideoReader:
                               height=int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
                               frames=max(0, int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))))
         self.frames_read = 0
-        self.last_frame: np.ndarray | None = None  # the frame most recently yielded (for drawing on it)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         # One frame is read ahead: the frame read last before a break is often decoded from half its data (grey
@@ -120,8 +119,7 @@ class VideoReader:
 
     def _yield(self, bgr: np.ndarray) -> np.ndarray:
         self.frames_read += 1
-        self.last_frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        return self.last_frame
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def close(self) -> None:
         self._cap.release()

@@ -11,9 +11,11 @@ import csv
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from agegender.predictor import Predictor
@@ -117,8 +119,17 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
     start = time.perf_counter()
     bar = tqdm(total=info.frames or None, desc=Path(path).name, unit="frame", disable=None if progress else True,
                dynamic_ncols=True)
+    # The frames being searched ahead are kept until their annotated copy is written.
+    kept: dict[int, np.ndarray] = {}
+
+    def frames() -> Iterator[np.ndarray]:
+        for index, pixels in enumerate(reader):
+            if writer is not None:
+                kept[index] = pixels
+            yield pixels
+
     try:
-        for frame in predictor.track(reader, every=every, fps=info.fps):
+        for frame in predictor.track(frames(), every=every, fps=info.fps, ahead=max(2, predictor.workers)):
             run.frames += 1
             tracks = frame.tracks
             if frame.analysed:
@@ -127,7 +138,7 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
                 run.faces += len(rows)
                 frames_out.write(rows)
             if writer is not None:
-                _write_annotated(writer, reader, frame)
+                _write_annotated(writer, kept.pop(frame.index), frame)
             bar.update(1)
     except VideoError as e:
         run.error = str(e)
@@ -143,9 +154,9 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
     return run
 
 
-def _write_annotated(writer: VideoWriter, reader: VideoReader, frame: TrackedFrame) -> None:
+def _write_annotated(writer: VideoWriter, pixels: np.ndarray, frame: TrackedFrame) -> None:
     from PIL import Image
 
     from agegender.annotate import draw_tracks
 
-    writer.write(draw_tracks(Image.fromarray(reader.last_frame), frame.faces))
+    writer.write(draw_tracks(Image.fromarray(pixels), frame.faces))
