@@ -1,6 +1,6 @@
 """Video: frames per second of `agegender predict CLIP`, and how much one estimate per person beats single frames.
 
-    python benchmarks/video.py speed [--frames 60] [--runtimes onnx,torch] [--model CKPT]
+    python benchmarks/video.py speed [--frames 200] [--runtimes onnx,torch] [--model CKPT]
     python benchmarks/video.py tracks --data UTKFACE_DIR [--n 200] [--views 10] [--runtime onnx] [--model CKPT]
 
 speed: generated 640x480 clips (25 fps) with 1 and 3 faces (cut from examples/astronaut.png, 140-150 px tall,
@@ -42,7 +42,7 @@ from agegender.sources import split_from_checkpoint
 from agegender.synthetic import Walker, background, render, sprite
 from agegender.tracking import FRAME_CORRELATION, combine
 from agegender.video import VideoWriter
-from agegender.video_predict import predict_video
+from agegender.video_predict import predict_video, video_ahead
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
 FACE_BOX = (150, 25, 300, 205)  # the astronaut's face with some margin
@@ -78,9 +78,10 @@ def speed(args: argparse.Namespace) -> None:
                     rows.append((runtime, n, every, run.frames / run.seconds, run.faces / max(run.analysed, 1),
                                  run.tracks))
     print(f"$ {' '.join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])}")
-    print(f"model {model}; 640x480 clips of {args.frames} frames at 25 fps; CPU ({os.cpu_count()} cores), "
-          f"{predictor.workers} prediction thread(s); MTCNN on onnxruntime (numpy cascade); frames/s over the "
-          "whole clip (decode, detect, align, predict, track, CSV)")
+    ahead = video_ahead(predictor)
+    print(f"model {model}; 640x480 clips of {args.frames} frames at 25 fps; CPU ({os.cpu_count()} cores); MTCNN on "
+          f"onnxruntime (numpy cascade); analysed frames searched ahead on {ahead} threads; frames/s over the whole "
+          "clip (decode, detect, align, predict, track, CSV)")
     print("| runtime (age/gender net) | faces | --every | frames/s | faces found per analysed frame | tracks |")
     print("|---|---|---|---|---|---|")
     for runtime, n, every, fps, found, tracks in rows:
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="part", required=True)
     s = sub.add_parser("speed", help="frames/s on generated 640x480 clips")
-    s.add_argument("--frames", type=int, default=60)
+    s.add_argument("--frames", type=int, default=200)
     s.add_argument("--runtimes", default="onnx,torch")
     s.add_argument("--model", help="checkpoint (default: the bundled model)")
     t = sub.add_parser("tracks", help="single-frame vs per-track accuracy on augmented validation images")

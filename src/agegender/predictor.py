@@ -274,8 +274,8 @@ class Predictor:
         ``fps`` gives each frame's time; ``tracks`` continues an existing :class:`~agegender.tracking.FaceTracks`
         (by default a new one with this model's interval scale).
 
-        ``ahead``: frames read and searched for faces ahead of the one being linked, on ``ahead`` threads (a
-        frame costs what a photo costs, so a video file keeps every core busy this way); 0 handles each frame
+        ``ahead``: analysed frames read and searched for faces ahead of the one being linked, on ``ahead`` threads
+        (a frame costs what a photo costs, so a video file keeps every core busy this way); 0 handles each frame
         as it comes, for a live source that has no next frame yet. If ``frames`` fails part-way, the frames read
         before the failure are still answered, then the error is raised."""
         from collections import deque
@@ -306,7 +306,8 @@ class Predictor:
         try:
             for index, frame in enumerate(frames):
                 pending.append((index, pool.submit(detect, frame) if index % every == 0 else None))
-                while len(pending) > ahead:
+                # Up to ``ahead`` analysed frames in flight (with the skipped frames between them).
+                while sum(work is not None for _, work in pending) > ahead or len(pending) > ahead * every:
                     index, work = pending.popleft()
                     yield link(index, None if work is None else work.result())
         except Exception as e:  # noqa: BLE001 - the source broke off: what it gave before is answered first

@@ -101,6 +101,12 @@ class VideoRun:
     error: str | None = None
 
 
+def video_ahead(predictor: Predictor) -> int:
+    """Analysed frames searched for faces at once: one per prediction thread, and at least two (the torch runtime
+    predicts on one thread, but its face detection runs on onnxruntime like the other's)."""
+    return max(2, predictor.workers)
+
+
 def predict_video(predictor: Predictor, path: str | Path, out: str | Path, tracks_out: str | Path,
                   annotate: str | Path | None = None, every: int = 1, progress: bool = True) -> VideoRun:
     """Follow the faces of the video at ``path``: frame rows to ``out``, track rows to ``tracks_out`` (.csv or
@@ -129,7 +135,7 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
             yield pixels
 
     try:
-        for frame in predictor.track(frames(), every=every, fps=info.fps, ahead=max(2, predictor.workers)):
+        for frame in predictor.track(frames(), every=every, fps=info.fps, ahead=video_ahead(predictor)):
             run.frames += 1
             tracks = frame.tracks
             if frame.analysed:
