@@ -95,3 +95,11 @@ def test_help_imports_nothing_heavy() -> None:
              "'torch') if m in sys.modules))"
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "usage: agegender" in res.stdout and "RESULT []" in res.stdout, res.stderr
+
+
+def test_a_video_without_the_video_extra_says_which(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00" * 64)
+    result, err = cli("predict", str(clip), "--out", str(tmp_path / "rows.csv"))
+    assert result == {"rc": 2, "loaded": []}, err
+    assert "pip install 'agegender[video]'" in err and "Traceback" not in err
