@@ -38,6 +38,7 @@ from agegender.data import AGE_BUCKET_NAMES, DataError, Record, age_bucket
 from agegender.evaluate import evaluate
 from agegender.metrics import summarize
 from agegender.predictor import Predictor
+from agegender.runtime import OnnxModel
 from agegender.sources import folder_split, limit_records, select, split_from_checkpoint
 
 TOOLS = {"ours": "agegender", "faceapi": "face-api.js"}
@@ -58,7 +59,7 @@ class Run:
 
 
 def run_ours(predictor: Predictor, root: str | Path, records: list[Record], detect: bool) -> Run:
-    """agegender through `agegender evaluate`'s code; CPU seconds of this process (all torch threads)."""
+    """agegender through `agegender evaluate`'s code; CPU seconds of this process (all its threads)."""
     wall, cpu = time.perf_counter(), _cpu_seconds(resource.RUSAGE_SELF)
     df, _ = evaluate(predictor, root, records, detect=detect, face=FACE_POLICY, progress=False)
     wall, cpu = time.perf_counter() - wall, _cpu_seconds(resource.RUSAGE_SELF) - cpu
@@ -231,11 +232,10 @@ def run_set(name: str, root: str, records: list[Record], detect: bool, predictor
     frame = side_by_side(records, ours.preds, peer.preds if peer else None)
     frame.to_csv(out / f"{name}_predictions.csv", index=False)
     table = bucket_table(frame)
-    import torch
-
+    runtime = "onnxruntime" if isinstance(predictor.model, OnnxModel) else "torch"
     how = "detect + align (MTCNN), face policy largest" if detect else "crops, no detection"
     lines = [cost_line("agegender", ours, f"{how}, flip TTA {'on' if predictor.flip_tta else 'off'}, "
-                       f"{torch.get_num_threads()} torch threads; timing excludes model loading")]
+                       f"{runtime} on {predictor.workers} thread(s); timing excludes model loading")]
     if peer:
         peer_how = "SSD MobileNetV1, highest-scoring face" if detect else "whole crop, no detection"
         lines.append(cost_line("face-api.js", peer, f"{peer_how}, 1 wasm thread; images/s as it prints it "
