@@ -633,12 +633,15 @@ def _annotate(image, faces: list, file: Path, folder: Path, res: _Results) -> No
 
 
 def _write_predictions(rows: list[dict], out_path: Path) -> None:
+    import json
+
     from agegender.outputs import write_json, write_rows
 
     if out_path.suffix.lower() == ".json":
         write_json([{k: v for k, v in r.items() if v is not None} for r in rows], out_path)
         return
-    write_rows(rows, PREDICT_COLUMNS, out_path)
+    write_rows([{**r, "landmarks": json.dumps(r["landmarks"])} if isinstance(r.get("landmarks"), list) else r
+                for r in rows], PREDICT_COLUMNS, out_path)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -139,6 +139,15 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+def csv_row(row: dict) -> dict:
+    """``row`` with each cell as a CSV writer should get it: None empty, text made formula-safe (:func:`csv_cell`).
+
+    >>> csv_row({"file": "=cmd.jpg", "age": 31.5, "error": None})
+    {'file': "'=cmd.jpg", 'age': 31.5, 'error': ''}
+    """
+    return {k: csv_cell("" if v is None else v) for k, v in row.items()}
+
+
 def write_rows(rows: list[dict], columns: list[str], path: str | Path) -> None:
     """Write ``rows`` (dicts; keys outside ``columns`` ignored, missing ones empty) to ``path`` atomically as CSV,
     cells as :func:`csv_bytes` makes them, without pandas (an inference-only install has none)."""
@@ -148,7 +157,7 @@ def write_rows(rows: list[dict], columns: list[str], path: str | Path) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, columns, restval="", extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: csv_cell("" if v is None else v) for k, v in row.items()} for row in rows)
+    writer.writerows(csv_row(row) for row in rows)
     data = buf.getvalue().encode("utf-8", "surrogateescape")
     atomic_write(path, lambda f: f.write(data))
 

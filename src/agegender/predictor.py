@@ -212,7 +212,7 @@ class Predictor:
         def run(part: Sequence[ImageInput]) -> dict[str, np.ndarray]:
             if check is not None:
                 check()
-            return self.predict_tensor(normalise(np.stack([self.prepare(im) for im in part]), self.preset))
+            return self.predict_tensor(self.preprocess(part))
 
         parts = parallel_map(run, chunks(list(images), batch_size), self.workers)
         return [p for part in parts for p in self.predictions(part)]
@@ -302,16 +302,20 @@ class Predictor:
                 yield link(index, detect(frame) if index % every == 0 else None)
             return
         pool, pending = thread_pool(ahead), deque()
-        error: Exception | None = None
-        try:
-            for index, frame in enumerate(frames):
-                pending.append((index, pool.submit(detect, frame) if index % every == 0 else None))
-                # Up to ``ahead`` analysed frames in flight (with the skipped frames between them).
-                while sum(work is not None for _, work in pending) > ahead or len(pending) > ahead * every:
-                    index, work = pending.popleft()
-                    yield link(index, None if work is None else work.result())
-        except Exception as e:  # noqa: BLE001 - the source broke off: what it gave before is answered first
-            error = e
+        source, error = enumerate(frames), None
+        while True:
+            try:
+                index, frame = next(source)
+            except StopIteration:
+                break
+            except Exception as e:  # noqa: BLE001 - the source broke off: what it gave before is answered first
+                error = e
+                break
+            pending.append((index, pool.submit(detect, frame) if index % every == 0 else None))
+            # Up to ``ahead`` analysed frames in flight (with the skipped frames between them).
+            while sum(work is not None for _, work in pending) > ahead or len(pending) > ahead * every:
+                index, work = pending.popleft()
+                yield link(index, None if work is None else work.result())
         while pending:
             index, work = pending.popleft()
             yield link(index, None if work is None else work.result())

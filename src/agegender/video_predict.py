@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from agegender.outputs import csv_row
 from agegender.predictor import Predictor
 from agegender.tracking import TrackedFrame, TrackEstimate
 from agegender.video import VideoError, VideoReader, VideoWriter, write_codec
@@ -50,7 +51,9 @@ class RowWriter:
         self._json: list[dict] | None = [] if self.path.suffix.lower() == ".json" else None
         self._file = None
         if self._json is None:
-            self._file = open(self.path, "w", newline="")  # noqa: SIM115 - closed in close()
+            # Names that are not valid UTF-8 are written back as the bytes they were, as outputs.write_rows does.
+            self._file = open(self.path, "w", newline="", encoding="utf-8",  # noqa: SIM115 - closed in close()
+                              errors="surrogateescape")
             self._csv = csv.DictWriter(self._file, columns, extrasaction="ignore")
             self._csv.writeheader()
 
@@ -61,7 +64,7 @@ class RowWriter:
         if self._json is not None:
             self._json.extend({k: v for k, v in r.items() if v is not None} for r in rows)
             return
-        self._csv.writerows(rows)
+        self._csv.writerows(csv_row(r) for r in rows)
         self._file.flush()
 
     def close(self) -> None:
