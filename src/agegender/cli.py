@@ -115,6 +115,10 @@ TRAIN_HELP = {
     "init": "start from a trained checkpoint (PATH, or 'bundled' for the packaged model): fine-tuning; it keeps "
             "that model's network and input size unless --image-size / --crop-pct are given",
     "freeze_backbone_epochs": "with --init: train only the two heads for this many epochs, then everything",
+    "distill": "a teacher checkpoint (PATH, or 'bundled'): the loss also pulls the model towards the teacher's "
+               "outputs averaged over each image and its mirror image, so that one pass (--no-flip-tta) does "
+               "what the teacher does in two; same input size and age head as the model trained",
+    "distill_weight": "with --distill: share of the teacher's term in the loss (0-1)",
     "cache": "decode each image once: memory, or disk (memory-mapped under $AGEGENDER_CACHE or "
     "~/.cache/agegender, reused by later runs and rebuilt when files change); none decodes on every read",
     "channels_last": "channels-last memory format on CUDA",
@@ -282,12 +286,14 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="as for predict (default auto: onnxruntime for the bundled model and .onnx files)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="port, 0 = any free one (default 8000)")
-    p.add_argument("--workers", type=_number(int, 1, 256), default=1,
-                   help="batches predicted at the same time (default 1; each batch uses every core)")
+    p.add_argument("--workers", type=_number(int, 0, 256), default=0,
+                   help="requests (or batches) predicted at the same time, each on one thread (default 0: one per "
+                   "core, at most 4)")
     p.add_argument("--max-queue", type=_number(int, 0), default=8,
                    help="requests that may wait for a worker (default 8)")
-    p.add_argument("--max-batch", type=_number(int, 1, 256), default=8,
-                   help="requests predicted together (default 8)")
+    p.add_argument("--max-batch", type=_number(int, 1, 256), default=1,
+                   help="requests a worker takes and predicts together (default 1: on CPU, where detection costs "
+                   "most, batches of photos measured slower; larger batches pay where the network dominates)")
     p.add_argument("--batch-window-ms", type=_number(float, 0), default=5,
                    help="how long a batch waits for more requests once one has arrived (default 5 ms)")
     p.add_argument("--max-upload-mb", type=_number(float, 0, low_open=True), default=10,
@@ -476,6 +482,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from agegender.checkpoint import resolve_model_path
     from agegender.predictor import Predictor
+    from agegender.preprocess import default_workers
 
     hosts = allowed_hosts(args.allowed_hosts, args.host)
     sock = listen(args.host, args.port)  # a taken port or a bad address is said now, before the model loads
@@ -483,7 +490,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         path = resolve_model_path(args.model)
         predictor = Predictor.from_checkpoint(path, device=args.device, runtime=args.runtime)
         app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout_s=args.timeout,
-                         max_queue=args.max_queue, workers=args.workers, model_name=path.name,
+                         max_queue=args.max_queue, workers=args.workers or default_workers(), model_name=path.name,
                          max_faces=args.max_faces, allowed_hosts=hosts, docs=args.docs,
                          max_batch=args.max_batch, batch_window_s=args.batch_window_ms / 1000)
         port = sock.getsockname()[1]

@@ -92,6 +92,8 @@ class TrainConfig:
     degrade: float = 0.0  # probability of a photo-quality degradation per training image (0 = off)
     init: str = ""  # start from a trained checkpoint (a path, or "bundled") instead of ImageNet / random
     freeze_backbone_epochs: int = 0  # with init: train only the heads for this many epochs first
+    distill: str = ""  # a teacher checkpoint (a path, or "bundled"): learn its mirror-averaged outputs too
+    distill_weight: float = 0.5  # share of the distillation term in the loss (with distill)
     cache: str = "disk"  # decoded-image cache: none | memory | disk (memory-mapped, reused across runs)
     channels_last: bool = True  # on CUDA only
     compile: bool = False  # torch.compile the model (CUDA; slow to start)
@@ -130,6 +132,7 @@ class TrainConfig:
         need(self.face in FACE_POLICIES, f"--face must be one of {', '.join(FACE_POLICIES)}")
         need(self.freeze_backbone_epochs >= 0, "--freeze-backbone-epochs must be >= 0")
         need(self.age_balance >= 0, "age_balance must be >= 0 (0 = off)")
+        need(0 <= self.distill_weight <= 1, "--distill-weight must be in [0, 1]")
         need(0 < self.interval_coverage < 1, "interval_coverage must be in (0, 1)")
         parse_split(self.split)
         return self

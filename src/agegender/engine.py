@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agegender.losses import teacher_targets
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stops so a bad update never reaches a checkpoint."""
@@ -61,11 +63,13 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     progress: bool = True,
     ema: torch.optim.swa_utils.AveragedModel | None = None,
+    teacher: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; ``scheduler`` (if any) steps once per batch.
 
     Batches are ``(images [B,3,H,W], {"age": [B], "gender": [B]}, index [B])`` or ``None`` (all unreadable).
-    ``ema`` (if any) is updated after every optimiser step. Returns the mean of each loss term.
+    ``ema`` (if any) is updated after every optimiser step. With a ``teacher`` (distillation), ``loss_fn`` is
+    called as ``loss_fn(out, targets, teacher_targets(teacher, images))``. Returns the mean of each loss term.
     """
     model.train()
     for m in model.modules():
@@ -83,7 +87,8 @@ def train_one_epoch(
         targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
         with autocast(device, amp):
             out = model(images)
-        losses = loss_fn(out, targets)
+            taught = None if teacher is None else teacher_targets(teacher, images)
+        losses = loss_fn(out, targets) if taught is None else loss_fn(out, targets, taught)
         loss = losses["loss"]
         if not math.isfinite(loss.item()):
             raise NonFiniteLossError(

@@ -126,3 +126,62 @@ class MultiTaskLoss(torch.nn.Module):
                           self._sample_weights(targets["age"]))
         lg = gender_loss(out["gender_logit"].float(), targets["gender"])
         return {"loss": self.age_weight * la + self.gender_weight * lg, "age_loss": la, "gender_loss": lg}
+
+
+def teacher_targets(teacher: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a student learns from ``teacher`` on ``images`` ``[B, 3, H, W]``: the teacher's outputs averaged
+    over each image and its mirror image, so one pass of the student can stand in for two of the teacher.
+
+    Returns ``{"age_prob": [B, K]}`` (a dldl teacher: the mean of the two softmaxes) or ``{"age_norm": [B]}``
+    (a regression teacher), and ``{"gender_logit": [B]}`` (the mean of the two logits, as predicted).
+    """
+    with torch.no_grad():
+        a, b = teacher(images), teacher(torch.flip(images, dims=[3]))
+    out = {"gender_logit": (a["gender_logit"].float() + b["gender_logit"].float()) / 2}
+    if "age_logits" in a:
+        out["age_prob"] = (torch.softmax(a["age_logits"].float(), -1) + torch.softmax(b["age_logits"].float(), -1)) / 2
+    else:
+        out["age_norm"] = (a["age_norm"].float() + b["age_norm"].float()) / 2
+    return out
+
+
+def distillation_loss(out: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], std: float) -> torch.Tensor:
+    """How far the student's outputs are from :func:`teacher_targets`: KL(teacher || student) over the age bins
+    plus the L1 gap of the expected ages in units of ``std`` (dldl), or the squared gap of the normalised ages
+    (regression); plus binary cross-entropy against the teacher's p_female. A student equal to its teacher
+    scores the teacher's own entropy, which has no gradient.
+
+    >>> t = {"gender_logit": torch.zeros(1), "age_norm": torch.tensor([0.5])}
+    >>> round(float(distillation_loss({"gender_logit": torch.zeros(1), "age_norm": torch.tensor([1.5])}, t, 10.0)), 4)
+    1.6931
+    """
+    gender = F.binary_cross_entropy_with_logits(out["gender_logit"].float(), torch.sigmoid(teacher["gender_logit"]))
+    if "age_prob" in teacher:
+        if "age_logits" not in out:
+            raise ValueError("a dldl teacher needs a student with age_head='dldl'")
+        logp = torch.log_softmax(out["age_logits"].float(), dim=-1)
+        q = teacher["age_prob"]
+        kl = (q * (torch.log(q.clamp_min(1e-12)) - logp)).sum(-1)
+        bins = torch.arange(q.shape[-1], device=q.device, dtype=q.dtype)
+        gap = ((logp.exp() * bins).sum(-1) - (q * bins).sum(-1)).abs() / std
+        return (kl + gap).mean() + gender
+    if "age_norm" not in out:
+        raise ValueError("a regression teacher needs a student with age_head='regression'")
+    return F.mse_loss(out["age_norm"].float(), teacher["age_norm"]) + gender
+
+
+class DistillLoss(torch.nn.Module):
+    """``(1 - weight) * base(out, targets) + weight * distillation_loss(out, teacher)``; the parts are returned
+    as ``base``'s plus ``"distill_loss"``."""
+
+    def __init__(self, base: MultiTaskLoss, weight: float) -> None:
+        super().__init__()
+        if not 0 <= weight <= 1:
+            raise ValueError(f"distillation weight must be in [0, 1], got {weight}")
+        self.base, self.weight = base, weight
+
+    def forward(self, out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                teacher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        parts = self.base(out, targets)
+        kd = distillation_loss(out, teacher, self.base.age_std)
+        return parts | {"loss": (1 - self.weight) * parts["loss"] + self.weight * kd, "distill_loss": kd}

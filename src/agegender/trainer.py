@@ -41,7 +41,7 @@ from agegender.datasets import CachedFaceDataset, FaceDataset, concat_datasets, 
 from agegender.distributed import DistInfo, barrier, cleanup, gather_predictions, setup
 from agegender.engine import predict_batches, resolve_device, train_one_epoch
 from agegender.evaluate import predictions_frame
-from agegender.losses import MultiTaskLoss, age_balance_weights
+from agegender.losses import DistillLoss, MultiTaskLoss, age_balance_weights
 from agegender.metrics import summarize
 from agegender.model import AgeGenderNet, ModelConfig
 from agegender.plots import training_curves
@@ -99,7 +99,8 @@ class TrainState:
     train_loader: DataLoader | None = None
     val_ds: Dataset | None = None
     val_loader: DataLoader | None = None
-    loss_fn: MultiTaskLoss | None = None
+    loss_fn: MultiTaskLoss | DistillLoss | None = None
+    teacher: AgeGenderNet | None = None  # with --distill: frozen, in eval mode
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     scaler: torch.amp.GradScaler | None = None
@@ -217,6 +218,8 @@ def build_model(st: TrainState) -> None:
         mcfg = ModelConfig(backbone=cfg.backbone, head_hidden=cfg.head_hidden, dropout=cfg.dropout,
                            age_mean=float(st.train_ages.mean()), age_std=float(max(st.train_ages.std(), 1.0)),
                            age_head=_age_head(cfg), **framing)
+    if cfg.distill:  # before the decode cache is built: a teacher that cannot teach fails in seconds
+        st.teacher = load_teacher(cfg.distill, mcfg, st.device)
     # Every rank starts from the same weights: same seed, and DDP broadcasts rank 0's at wrap time anyway.
     pretrained = cfg.pretrained if st.resumed is None and init is None else None
     model = AgeGenderNet(mcfg, pretrained=pretrained).to(st.device)
@@ -294,6 +297,8 @@ def build_optimisation(st: TrainState) -> None:
                  balance[26], balance[80])
     st.loss_fn = MultiTaskLoss(mcfg.age_mean, mcfg.age_std, cfg.age_loss, cfg.age_weight, cfg.gender_weight,
                                balance)
+    if st.teacher is not None:
+        st.loss_fn = DistillLoss(st.loss_fn, cfg.distill_weight)
     st.optimizer = make_optimizer(model, cfg)
     st.scheduler = make_scheduler(st.optimizer, cfg, len(st.train_loader))
     st.scaler = torch.amp.GradScaler("cuda", enabled=_use_amp(st) and not torch.cuda.is_bf16_supported())
@@ -307,6 +312,21 @@ def build_optimisation(st: TrainState) -> None:
             model, device_ids=[st.device.index] if st.device.type == "cuda" else None)
     if cfg.compile:
         st.train_model = torch.compile(st.train_model)
+
+
+def load_teacher(path: str, student: ModelConfig, device: torch.device) -> AgeGenderNet:
+    """The frozen teacher of ``--distill``; ValueError where it cannot teach ``student`` (another input
+    framing or age head: its targets would be for other pixels or another output)."""
+    ckpt = load_checkpoint(resolve_model_path(path))
+    tcfg = ModelConfig.from_dict(dict(ckpt["model_config"]))
+    for key in ("image_size", "crop_pct", "age_head"):
+        if getattr(tcfg, key) != getattr(student, key):
+            raise ValueError(f"--distill teacher has {key}={getattr(tcfg, key)!r}, the model trained "
+                             f"{getattr(student, key)!r}: they must match")
+    teacher = AgeGenderNet(tcfg, pretrained=None)
+    teacher.load_state_dict(ckpt["model_state"])
+    log.info("distilling from %s (mirror-averaged outputs)", path)
+    return teacher.to(device).eval().requires_grad_(False)
 
 
 def _use_amp(st: TrainState) -> bool:
@@ -405,10 +425,14 @@ def train_and_validate(st: TrainState, epoch: int) -> dict:
     st.model.backbone.requires_grad_(epoch > cfg.freeze_backbone_epochs)
     t0 = time.time()
     losses = train_one_epoch(st.train_model, loader, st.loss_fn, st.optimizer, st.device, epoch, st.scheduler,
-                             st.scaler, _use_amp(st), cfg.grad_clip, st.progress and st.info.is_main, st.ema)
+                             st.scaler, _use_amp(st), cfg.grad_clip, st.progress and st.info.is_main, st.ema,
+                             st.teacher)
     row = {"epoch": epoch, "train_loss": losses.get("loss", math.nan),
            "train_age_loss": losses.get("age_loss", math.nan),
-           "train_gender_loss": losses.get("gender_loss", math.nan), "lr": st.optimizer.param_groups[0]["lr"]}
+           "train_gender_loss": losses.get("gender_loss", math.nan),
+           "lr": st.optimizer.param_groups[0]["lr"]}
+    if "distill_loss" in losses:
+        row["train_distill_loss"] = losses["distill_loss"]
     if st.val_loader is not None:
         row |= validate(st, f"epoch {epoch} val")
     row["seconds"] = round(time.time() - t0, 1)
