@@ -160,7 +160,9 @@ def main() -> int:
     ap.add_argument("--url", help="a running server on loopback (default: start one)")
     ap.add_argument("--pid", type=int, help="with --url: the server's process id, for its memory")
     ap.add_argument("--model", help="checkpoint for the server started here (default: the bundled model)")
-    ap.add_argument("--server-workers", type=int, default=1, help="--workers of the server started here")
+    ap.add_argument("--server-workers", type=int, default=0,
+                    help="--workers of the server started here (default 0: the server's default, one per core)")
+    ap.add_argument("--max-batch", type=int, help="--max-batch of the server started here (default: the server's)")
     ap.add_argument("--max-queue", type=int, default=8, help="--max-queue of the server started here")
     ap.add_argument("--image", default=str(ROOT / "examples" / "astronaut.png"), help="photo to send")
     ap.add_argument("--n", type=int, default=1000, help="requests to send (default 1000)")
@@ -188,6 +190,8 @@ def main() -> int:
                str(args.server_workers), "--max-queue", str(args.max_queue), "-q"]
         if args.model:
             cmd += ["--model", args.model]
+        if args.max_batch:
+            cmd += ["--max-batch", str(args.max_batch)]
         print("server: ", shlex.join(cmd))
         proc = subprocess.Popen(cmd)
         pid = proc.pid

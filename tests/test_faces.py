@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from agegender.faces import (
+    nms,
     UTKFACE_TEMPLATE,
     Face,
     FaceDetector,
@@ -265,3 +266,24 @@ def test_template_matches_real_crops(detector):
     assert count == 1
     # One crop's landmarks sit within a few standard deviations (3-7 px) of the mean over 1978 crops.
     assert np.abs(template - UTKFACE_TEMPLATE).max() < 25
+
+
+@pytest.mark.parametrize("k", [300, 2500])  # the all-pairs path and the one for crowded photos
+def test_nms_matches_torchvision(k: int) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    rng = np.random.default_rng(k)
+    xy = rng.uniform(0, 400, (k, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (k, 2))], axis=1)
+    scores = rng.random(k)
+    for threshold in (0.3, 0.5, 0.7):
+        want = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), threshold).numpy()
+        assert np.array_equal(nms(boxes, scores, threshold), want)
+
+
+def test_nms_min_overlap_removes_a_nested_box() -> None:
+    # box 1 lies inside box 0: intersection over the smaller area (11 x 11 px with MTCNN's +1) is 1 > 0.7, while
+    # the IoU is 100 / 400 = 0.25 and IoU keeps box 0; box 2 is apart.
+    boxes = np.array([[0, 0, 20, 20], [5, 5, 15, 15], [40, 40, 50, 50.0]])
+    scores = np.array([0.9, 0.95, 0.5])
+    assert nms(boxes, scores, 0.7, overlap="min").tolist() == [1, 2]
+    assert nms(boxes, scores, 0.7).tolist() == [1, 0, 2]

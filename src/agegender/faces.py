@@ -188,21 +188,37 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, overlap: str = 
     array([0, 2])
     """
     pad = 1.0 if overlap == "min" else 0.0
-    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, j], dtype=np.float64) for j in range(4))
-    area = (x2 - x1 + pad) * (y2 - y1 + pad)
     order = np.argsort(-np.asarray(scores), kind="stable")
-    keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(i)
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[order, j], dtype=np.float64) for j in range(4))
+    area = (x2 - x1 + pad) * (y2 - y1 + pad)
+
+    def suppressed(i: int | slice, rest: slice | np.ndarray) -> np.ndarray:
         iw = np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + pad
         ih = np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + pad
         inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
         denominator = np.minimum(area[i], area[rest]) if overlap == "min" else area[i] + area[rest] - inter
-        # inter / denominator <= threshold without dividing: a zero denominator (empty boxes) keeps the box, as
-        # torchvision's NaN comparison does.
-        order = rest[inter <= threshold * denominator]
-    return np.asarray(keep, dtype=np.int64)
+        # not (inter / denominator <= threshold), without dividing: a zero denominator (empty boxes) keeps the
+        # box, as torchvision's NaN comparison does.
+        return ~(inter <= threshold * denominator)
+
+    keep = []
+    if len(order) <= 2048:
+        # All pairs at once, then one cheap pass in score order: the cascade's calls have tens to hundreds of
+        # boxes, where a numpy call per kept box cost more than the arithmetic.
+        every = slice(None)
+        over = suppressed((every, None), (None, every))
+        removed = np.zeros(len(order), bool)
+        for i in range(len(order)):
+            if not removed[i]:
+                keep.append(i)
+                removed |= over[i]
+    else:  # a crowded, large photo: no K x K matrix
+        rest = np.arange(len(order))
+        while rest.size:
+            i, rest = rest[0], rest[1:]
+            keep.append(i)
+            rest = rest[~suppressed(i, rest)]
+    return order[np.asarray(keep, dtype=np.int64)]
 
 
 # --------------------------------------------------------------------------- detector

@@ -529,7 +529,7 @@ def host_name(scope: dict) -> str:
 def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = MAX_PIXELS,
                timeout_s: float = 30.0, max_queue: int = 8, workers: int = 1, model_name: str | None = None,
                max_faces: int | None = DEFAULT_MAX_FACES, allowed_hosts: list[str] | None = None, docs: bool = False,
-               max_batch: int = 8, batch_window_s: float = 0.005) -> FastAPI:
+               max_batch: int = 1, batch_window_s: float = 0.005) -> FastAPI:
     """The web app around a loaded ``predictor``; ``model_name`` (e.g. the checkpoint's file name) goes into the
     model id reported with every answer. ``app.state.jobs`` is the :class:`JobQueue` that runs the predictions,
     up to ``max_batch`` requests together (see there for ``batch_window_s``).
