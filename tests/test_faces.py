@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from agegender.faces import (
-    nms,
     UTKFACE_TEMPLATE,
     Face,
     FaceDetector,
     align,
     estimate_template,
+    nms,
     similarity_transform,
 )
 from agegender.mtcnn_nets import WEIGHTS_DIR, ONet, PNet, RNet

@@ -123,3 +123,17 @@ def test_every_bad_input_file_gets_a_clean_answer(server, bad_corpus: tuple[Path
             allowed = {200} if kind != "broken" else {400, 413, 415, 422}
             assert status in allowed, (kind, name, status)
     assert _request(port, "GET", "/healthz") == 200
+
+
+def test_the_default_server_predicts_one_request_per_core_side_by_side(server) -> None:
+    """`agegender serve` without --workers / --max-batch: one worker per core, one request each (batches of
+    photos measured slower on CPU, benchmarks/load.py); the limits are reported by /v1/model."""
+    import json
+
+    from agegender.preprocess import default_workers
+
+    port, _ = server
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/v1/model")
+    limits = json.loads(conn.getresponse().read())["limits"]
+    assert limits["workers"] == default_workers() and limits["max_batch"] == 1
