@@ -2,9 +2,9 @@
 
 The model is loaded once by the caller (:func:`create_app` takes a ready :class:`Predictor`). Uploads stay in
 memory: the body is read with a byte limit and multipart is parsed on those bytes, so nothing is spooled to disk.
-Decoding and prediction run off the event loop in worker threads behind a bounded queue, which batches the
-requests waiting together (:class:`JobQueue`): their photos are decoded and searched side by side and all their
-faces go through the network in one call.
+Decoding and prediction run off the event loop in worker threads behind a bounded queue (:class:`JobQueue`),
+one request per worker by default; with ``max_batch`` > 1 a worker takes the requests waiting together, decodes
+and searches their photos side by side and sends all their faces through the network in one call.
 
 Status codes of ``POST /v1/predict`` (every error body is ``{"error": code, "detail": sentence}``):
 200 ok (``faces`` may be empty; at most ``max_faces``, the largest, with ``faces_found`` counting all);
