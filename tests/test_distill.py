@@ -90,9 +90,18 @@ def test_train_distills_from_a_teacher_checkpoint(trained_run: Path, face_dir: P
     assert "distill: " in (out / "config.yaml").read_text()
 
 
-def test_train_refuses_a_teacher_of_another_size(trained_run: Path, face_dir: Path, tmp_path: Path,
+def test_train_refuses_a_teacher_of_another_crop(trained_run: Path, face_dir: Path, tmp_path: Path,
                                                  tiny_train_argv, caplog) -> None:
-    rc = main(tiny_train_argv(face_dir, tmp_path / "s", "--image-size", "48",
+    rc = main(tiny_train_argv(face_dir, tmp_path / "s", "--crop-pct", "0.8",
                               "--distill", str(trained_run / "best.pt")))
     assert rc == 2
-    assert "teacher has image_size=32, the model trained 48" in caplog.text
+    assert "teacher has crop_pct=" in caplog.text and "they must match" in caplog.text
+
+
+def test_a_teacher_at_another_size_sees_the_batch_resized() -> None:
+    teacher, x = _net(), torch.randn(2, 3, 24, 24)  # the teacher takes 32 px
+    t = teacher_targets(teacher, x)
+    up = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+    want = teacher_targets(teacher, up)
+    assert all(torch.allclose(t[k], want[k]) for k in t)
+    assert t["age_prob"].shape == (2, 21)

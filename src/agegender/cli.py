@@ -117,7 +117,7 @@ TRAIN_HELP = {
     "freeze_backbone_epochs": "with --init: train only the two heads for this many epochs, then everything",
     "distill": "a teacher checkpoint (PATH, or 'bundled'): the loss also pulls the model towards the teacher's "
                "outputs averaged over each image and its mirror image, so that one pass (--no-flip-tta) does "
-               "what the teacher does in two; same input size and age head as the model trained",
+               "what the teacher does in two; same crop and age head as the model trained (the input size may differ)",
     "distill_weight": "with --distill: share of the teacher's term in the loss (0-1)",
     "cache": "decode each image once: memory, or disk (memory-mapped under $AGEGENDER_CACHE or "
     "~/.cache/agegender, reused by later runs and rebuilt when files change); none decodes on every read",

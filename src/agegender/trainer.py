@@ -315,11 +315,11 @@ def build_optimisation(st: TrainState) -> None:
 
 
 def load_teacher(path: str, student: ModelConfig, device: torch.device) -> AgeGenderNet:
-    """The frozen teacher of ``--distill``; ValueError where it cannot teach ``student`` (another input
-    framing or age head: its targets would be for other pixels or another output)."""
+    """The frozen teacher of ``--distill``; ValueError where it cannot teach ``student`` (another crop, age head
+    or age range: its targets would be for other pixels or another output). The input size may differ."""
     ckpt = load_checkpoint(resolve_model_path(path))
     tcfg = ModelConfig.from_dict(dict(ckpt["model_config"]))
-    for key in ("image_size", "crop_pct", "age_head"):
+    for key in ("crop_pct", "age_head", "max_age"):
         if getattr(tcfg, key) != getattr(student, key):
             raise ValueError(f"--distill teacher has {key}={getattr(tcfg, key)!r}, the model trained "
                              f"{getattr(student, key)!r}: they must match")
