@@ -55,16 +55,30 @@ def _raw(port: int, data: bytes, pause: float = 0.0) -> None:
                 time.sleep(pause)
 
 
-@pytest.fixture
-def server(trained_run: Path):
+def _serve(trained_run: Path, *options: str):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "agegender", "serve", "--model", str(trained_run / "best.pt"),
-                             "--port", str(port), "--max-upload-mb", "1", "--timeout", "30", "-q"],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             "--port", str(port), *options, "-q"], env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     while time.time() < deadline and _request(port, "GET", "/healthz") != 200:
         assert proc.poll() is None, "server exited"
         time.sleep(0.3)
+    return port, proc
+
+
+@pytest.fixture
+def server(trained_run: Path):
+    # One worker: the memory check below is about what bad input leaves behind, and a second worker thread's
+    # first photo grows the allocator's pools by tens of MB (README, "Service under load") whichever input it is.
+    port, proc = _serve(trained_run, "--workers", "1", "--max-upload-mb", "1", "--timeout", "30")
+    yield port, proc
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def default_server(trained_run: Path):
+    port, proc = _serve(trained_run)
     yield port, proc
     proc.terminate()
     proc.wait(timeout=30)
@@ -125,14 +139,14 @@ def test_every_bad_input_file_gets_a_clean_answer(server, bad_corpus: tuple[Path
     assert _request(port, "GET", "/healthz") == 200
 
 
-def test_the_default_server_predicts_one_request_per_core_side_by_side(server) -> None:
+def test_the_default_server_predicts_one_request_per_core_side_by_side(default_server) -> None:
     """`agegender serve` without --workers / --max-batch: one worker per core, one request each (batches of
     photos measured slower on CPU, benchmarks/load.py); the limits are reported by /v1/model."""
     import json
 
     from agegender.preprocess import default_workers
 
-    port, _ = server
+    port, _ = default_server
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.request("GET", "/v1/model")
     limits = json.loads(conn.getresponse().read())["limits"]
