@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from agegender.cli import main
-from agegender.losses import DistillLoss, MultiTaskLoss, distillation_loss, teacher_targets
+from agegender.engine import teacher_targets
+from agegender.losses import DistillLoss, MultiTaskLoss, distillation_loss
 from agegender.model import AgeGenderNet, ModelConfig
 
 

@@ -482,7 +482,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from agegender.checkpoint import resolve_model_path
     from agegender.predictor import Predictor
-    from agegender.preprocess import default_workers
 
     hosts = allowed_hosts(args.allowed_hosts, args.host)
     sock = listen(args.host, args.port)  # a taken port or a bad address is said now, before the model loads
@@ -490,7 +489,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         path = resolve_model_path(args.model)
         predictor = Predictor.from_checkpoint(path, device=args.device, runtime=args.runtime)
         app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout_s=args.timeout,
-                         max_queue=args.max_queue, workers=args.workers or default_workers(), model_name=path.name,
+                         max_queue=args.max_queue, workers=args.workers, model_name=path.name,
                          max_faces=args.max_faces, allowed_hosts=hosts, docs=args.docs,
                          max_batch=args.max_batch, batch_window_s=args.batch_window_ms / 1000)
         port = sock.getsockname()[1]

@@ -8,9 +8,8 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
-
-from agegender.losses import teacher_targets
 
 
 class NonFiniteLossError(RuntimeError):
@@ -130,6 +129,28 @@ def forward_tta(model: torch.nn.Module, images: torch.Tensor, flip_tta: bool = F
     if flip_tta:
         mirrored = model(torch.flip(images, dims=[3]))
         out = {k: (out[k] + mirrored[k].float()) / 2 for k in keys}
+    return out
+
+
+def teacher_targets(teacher: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a student learns from ``teacher`` on ``images`` ``[B, 3, H, W]``: the teacher's outputs averaged
+    over each image and its mirror image, so one pass of the student can stand in for two of the teacher. A
+    teacher whose ``config.image_size`` differs sees the batch resized to it (the same crop, so a smaller, cheaper
+    student can learn from a larger teacher).
+
+    Returns ``{"age_prob": [B, K]}`` (a dldl teacher: the mean of the two softmaxes) or ``{"age_norm": [B]}``
+    (a regression teacher), and ``{"gender_logit": [B]}`` (the mean of the two logits, as predicted).
+    """
+    size = getattr(getattr(teacher, "config", None), "image_size", images.shape[-1])
+    with torch.no_grad():
+        if images.shape[-1] != size:  # a teacher at another input size sees the same crop, resampled
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        a, b = teacher(images), teacher(torch.flip(images, dims=[3]))
+    out = {"gender_logit": (a["gender_logit"].float() + b["gender_logit"].float()) / 2}
+    if "age_logits" in a:
+        out["age_prob"] = (torch.softmax(a["age_logits"].float(), -1) + torch.softmax(b["age_logits"].float(), -1)) / 2
+    else:
+        out["age_norm"] = (a["age_norm"].float() + b["age_norm"].float()) / 2
     return out
 
 

@@ -192,7 +192,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, overlap: str = 
     x1, y1, x2, y2 = (np.ascontiguousarray(boxes[order, j], dtype=np.float64) for j in range(4))
     area = (x2 - x1 + pad) * (y2 - y1 + pad)
 
-    def suppressed(i: int | slice, rest: slice | np.ndarray) -> np.ndarray:
+    def suppressed(i: int | tuple, rest: np.ndarray | tuple) -> np.ndarray:
+        # ``i`` one box against the boxes ``rest``, or (with None axes) every box against every box
         iw = np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + pad
         ih = np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + pad
         inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)

@@ -128,33 +128,11 @@ class MultiTaskLoss(torch.nn.Module):
         return {"loss": self.age_weight * la + self.gender_weight * lg, "age_loss": la, "gender_loss": lg}
 
 
-def teacher_targets(teacher: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """What a student learns from ``teacher`` on ``images`` ``[B, 3, H, W]``: the teacher's outputs averaged
-    over each image and its mirror image, so one pass of the student can stand in for two of the teacher. A
-    teacher whose ``config.image_size`` differs sees the batch resized to it (the same crop, so a smaller, cheaper
-    student can learn from a larger teacher).
-
-    Returns ``{"age_prob": [B, K]}`` (a dldl teacher: the mean of the two softmaxes) or ``{"age_norm": [B]}``
-    (a regression teacher), and ``{"gender_logit": [B]}`` (the mean of the two logits, as predicted).
-    """
-    size = getattr(getattr(teacher, "config", None), "image_size", images.shape[-1])
-    with torch.no_grad():
-        if images.shape[-1] != size:  # a teacher at another input size sees the same crop, resampled
-            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        a, b = teacher(images), teacher(torch.flip(images, dims=[3]))
-    out = {"gender_logit": (a["gender_logit"].float() + b["gender_logit"].float()) / 2}
-    if "age_logits" in a:
-        out["age_prob"] = (torch.softmax(a["age_logits"].float(), -1) + torch.softmax(b["age_logits"].float(), -1)) / 2
-    else:
-        out["age_norm"] = (a["age_norm"].float() + b["age_norm"].float()) / 2
-    return out
-
-
 def distillation_loss(out: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], std: float) -> torch.Tensor:
-    """How far the student's outputs are from :func:`teacher_targets`: KL(teacher || student) over the age bins
-    plus the L1 gap of the expected ages in units of ``std`` (dldl), or the squared gap of the normalised ages
-    (regression); plus binary cross-entropy against the teacher's p_female. A student equal to its teacher
-    scores the teacher's own entropy, which has no gradient.
+    """How far the student's outputs are from :func:`agegender.engine.teacher_targets`: KL(teacher || student)
+    over the age bins plus the L1 gap of the expected ages in units of ``std`` (dldl), or the squared gap of the
+    normalised ages (regression); plus binary cross-entropy against the teacher's p_female. A student equal to its
+    teacher scores the teacher's own entropy, which has no gradient.
 
     >>> t = {"gender_logit": torch.zeros(1), "age_norm": torch.tensor([0.5])}
     >>> round(float(distillation_loss({"gender_logit": torch.zeros(1), "age_norm": torch.tensor([1.5])}, t, 10.0)), 4)

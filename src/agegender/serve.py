@@ -44,6 +44,7 @@ from starlette.requests import ClientDisconnect
 
 from agegender.images import CORRUPT, EMPTY, MAX_PIXELS, TOO_LARGE, UNSUPPORTED, ImageReadError, open_image
 from agegender.predictor import DEFAULT_MAX_FACES, Predictor
+from agegender.preprocess import default_workers
 from agegender.tracking import TrackedFrame
 
 log = logging.getLogger(__name__)
@@ -527,18 +528,20 @@ def host_name(scope: dict) -> str:
 
 
 def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = MAX_PIXELS,
-               timeout_s: float = 30.0, max_queue: int = 8, workers: int = 1, model_name: str | None = None,
+               timeout_s: float = 30.0, max_queue: int = 8, workers: int = 0, model_name: str | None = None,
                max_faces: int | None = DEFAULT_MAX_FACES, allowed_hosts: list[str] | None = None, docs: bool = False,
                max_batch: int = 1, batch_window_s: float = 0.005) -> FastAPI:
     """The web app around a loaded ``predictor``; ``model_name`` (e.g. the checkpoint's file name) goes into the
     model id reported with every answer. ``app.state.jobs`` is the :class:`JobQueue` that runs the predictions,
-    up to ``max_batch`` requests together (see there for ``batch_window_s``).
+    up to ``max_batch`` requests together (see there for ``batch_window_s``) on each of ``workers`` threads (0: one
+    per core, at most 4).
 
     ``max_faces``: faces predicted per photo at most (the largest; None: all). ``allowed_hosts``: Host names
     answered (None: any). ``docs``: serve /docs and /redoc, whose pages load scripts from a CDN (off by
     default: the service itself loads nothing from elsewhere); /openapi.json is always there."""
     cfg = predictor.model.config
     predictor.detector  # noqa: B018 - load the face detector now, once, not in the first request
+    workers = workers or default_workers()
     jobs = JobQueue(workers, max_queue, max_batch, batch_window_s)
 
     @asynccontextmanager

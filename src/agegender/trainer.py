@@ -31,6 +31,7 @@ from agegender.checkpoint import (
     check_resumable,
     interrupts_held,
     load_checkpoint,
+    load_model,
     make_checkpoint,
     resolve_model_path,
     save_checkpoint,
@@ -317,16 +318,13 @@ def build_optimisation(st: TrainState) -> None:
 def load_teacher(path: str, student: ModelConfig, device: torch.device) -> AgeGenderNet:
     """The frozen teacher of ``--distill``; ValueError where it cannot teach ``student`` (another crop, age head
     or age range: its targets would be for other pixels or another output). The input size may differ."""
-    ckpt = load_checkpoint(resolve_model_path(path))
-    tcfg = ModelConfig.from_dict(dict(ckpt["model_config"]))
+    teacher, _ = load_model(resolve_model_path(path))
     for key in ("crop_pct", "age_head", "max_age"):
-        if getattr(tcfg, key) != getattr(student, key):
-            raise ValueError(f"--distill teacher has {key}={getattr(tcfg, key)!r}, the model trained "
+        if getattr(teacher.config, key) != getattr(student, key):
+            raise ValueError(f"--distill teacher has {key}={getattr(teacher.config, key)!r}, the model trained "
                              f"{getattr(student, key)!r}: they must match")
-    teacher = AgeGenderNet(tcfg, pretrained=None)
-    teacher.load_state_dict(ckpt["model_state"])
     log.info("distilling from %s (mirror-averaged outputs)", path)
-    return teacher.to(device).eval().requires_grad_(False)
+    return teacher.to(device).requires_grad_(False)  # load_model gives it in eval mode
 
 
 def _use_amp(st: TrainState) -> bool:
