@@ -7,7 +7,7 @@ Without --url the server is started here as a subprocess (``python -m agegender 
 and stopped at the end. Every request POSTs the same photo (examples/astronaut.png by default) as raw bytes.
 Reports requests/s, latency percentiles of the successful requests, answers by status (503 = the server shedding
 load on purpose, listed apart from errors) and the server's resident memory (VmRSS) before and after, and its peak
-(VmHWM), from /proc.
+(VmHWM), from /proc, each read 1 s after the last answer.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SETTLE_S = 1.0  # pause before each memory reading
 
 
 def free_port() -> int:
@@ -200,9 +201,12 @@ def main() -> int:
         warm, _ = request(http.client.HTTPConnection(host, port, timeout=args.request_timeout), body)
         if warm != 200:
             sys.exit(f"the warm-up request got HTTP {warm}")
+        # Settled figures: a server may still be tidying up (handing free memory back) just after an answer.
+        time.sleep(SETTLE_S)
         before = memory_kib(pid)
         results, wall = run_load(host, port, body, args.n, args.concurrency, args.time_limit, args.request_timeout,
                                  backoff=not args.no_backoff)
+        time.sleep(SETTLE_S)
         after = memory_kib(pid)
     finally:
         if proc is not None:

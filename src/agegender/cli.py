@@ -480,9 +480,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         log.error("agegender serve needs the serve extras: pip install 'agegender[serve]'")
         return EXIT_USAGE
+    from agegender.allocator import limit_arenas
     from agegender.checkpoint import resolve_model_path
     from agegender.predictor import Predictor
 
+    # One malloc arena for the whole service, set before any worker thread allocates (agegender.allocator).
+    limit_arenas(1)
     hosts = allowed_hosts(args.allowed_hosts, args.host)
     sock = listen(args.host, args.port)  # a taken port or a bad address is said now, before the model loads
     try:

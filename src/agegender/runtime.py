@@ -15,6 +15,7 @@ any extra entries such as the interval calibration), so no checkpoint has to tra
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,31 @@ OUTPUT_NAMES = ("age", "age_sigma", "p_female", "gender_logit")
 CONFIG_KEY = "agegender_model_config"
 # The sha256 of the checkpoint an export was made from, so that a stale bundled export can be detected.
 SOURCE_KEY = "source_sha256"
+
+
+_ARENA_LOCK = threading.Lock()
+_shared_arena: bool | None = None  # None: not tried yet in this process
+
+
+def _use_shared_arena(ort, options) -> None:
+    """Make the session allocate from one CPU arena registered for the whole process.
+
+    Each session otherwise grows an arena of its own to its own peak and keeps it: the face detector's three
+    networks and the age model. One arena, growing only by what is asked (``kSameAsRequested``), is sized by
+    the largest need of the work in flight (two threads x 300 photos: 35 MiB less growth than one per session).
+    """
+    global _shared_arena
+    with _ARENA_LOCK:
+        if _shared_arena is None:
+            try:
+                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+                # max_mem 0 = no limit; strategy 1 = kSameAsRequested; -1 = onnxruntime's defaults.
+                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+                _shared_arena = True
+            except Exception:  # noqa: BLE001 - an older onnxruntime, or one registered already by the host app
+                _shared_arena = False
+    if _shared_arena:
+        options.add_session_config_entry("session.use_env_allocators", "1")
 
 
 def session(path: str | Path, threads: int | None = 1, providers: list[str] | None = None):
@@ -48,6 +74,11 @@ def session(path: str | Path, threads: int | None = 1, providers: list[str] | No
     # face detector between two batches, another request, or another process on a busy machine).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # A memory pattern is planned and kept per input shape, and its one block per run fragments the arena: the
+    # detector's P-Net sees a new shape at every scale of every photo size, the age model a new batch size.
+    # Without it, two threads x 900 photos held 1 MiB more than after their first, instead of 37 (same speed).
+    options.enable_mem_pattern = False
+    _use_shared_arena(ort, options)
     try:
         return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable files

@@ -42,6 +42,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from agegender.allocator import release_free_memory
 from agegender.images import CORRUPT, EMPTY, MAX_PIXELS, TOO_LARGE, UNSUPPORTED, ImageReadError, open_image
 from agegender.predictor import DEFAULT_MAX_FACES, Predictor
 from agegender.preprocess import default_workers
@@ -86,14 +87,20 @@ class JobQueue:
 
     A slot is freed when its job finishes or is cancelled, not when a request gives up waiting: a timed-out job
     that already runs keeps its slot until it ends, so the bound always reflects the work really in the pool.
+
+    Whenever the queue runs empty, and every ``release_every`` jobs under load (0: never), a worker hands the heap's
+    free pages back to the system (:func:`agegender.allocator.release_free_memory`), so the resident memory stays
+    near what the work in flight needs.
     """
 
-    def __init__(self, workers: int, max_queue: int, max_batch: int = 8, window_s: float = 0.005) -> None:
-        if workers < 1 or max_queue < 0 or max_batch < 1 or window_s < 0:
-            raise ValueError(f"need workers >= 1, max_queue >= 0, max_batch >= 1 and window_s >= 0, got {workers}, "
-                             f"{max_queue}, {max_batch} and {window_s}")
+    def __init__(self, workers: int, max_queue: int, max_batch: int = 8, window_s: float = 0.005,
+                 release_every: int = 25) -> None:
+        if workers < 1 or max_queue < 0 or max_batch < 1 or window_s < 0 or release_every < 0:
+            raise ValueError(f"need workers >= 1, max_queue >= 0, max_batch >= 1, window_s >= 0 and release_every "
+                             f">= 0, got {workers}, {max_queue}, {max_batch}, {window_s} and {release_every}")
         self.capacity = workers + max_queue
         self.max_batch, self.window_s = max_batch, window_s
+        self.release_every, self.jobs_done, self.releases = release_every, 0, 0
         self.in_flight = 0
         self._jobs: deque[_Job] = deque()
         self._lock = threading.Lock()
@@ -152,6 +159,16 @@ class JobQueue:
                     j.future.set_exception(result)
                 else:
                     j.future.set_result(result)
+            self._count_done(len(batch))
+
+    def _count_done(self, n: int) -> None:
+        with self._lock:
+            before, self.jobs_done = self.jobs_done, self.jobs_done + n
+            due = self.release_every > 0 and (self.in_flight == 0
+                                              or before // self.release_every != self.jobs_done // self.release_every)
+            self.releases += due
+        if due:  # after the answers are handed over, so no request waits for it
+            release_free_memory()
 
     def shutdown(self) -> None:
         """Stop the workers once their jobs end; jobs still waiting are cancelled."""
