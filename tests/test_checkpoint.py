@@ -101,7 +101,16 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "pwned").exists()
 
 
-def test_ctrl_c_during_a_write_lets_the_file_finish_then_interrupts(tmp_path: Path) -> None:
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C raising KeyboardInterrupt, as in a terminal: a suite started in the background (``cmd &``) inherits
+    SIGINT ignored, and Python then installs no handler."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_write_lets_the_file_finish_then_interrupts(tmp_path: Path, ctrl_c) -> None:
     path = tmp_path / "f.bin"
 
     def write(f) -> None:
@@ -116,8 +125,8 @@ def test_ctrl_c_during_a_write_lets_the_file_finish_then_interrupts(tmp_path: Pa
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_ctrl_c_during_torch_save_is_a_keyboard_interrupt_once_the_file_is_written(tmp_path: Path,
-                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_during_torch_save_is_a_keyboard_interrupt_once_the_file_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c) -> None:
     # Unheld, the interrupt inside torch.save surfaces as a RuntimeError from its zip writer.
     path = tmp_path / "m.pt"
     save_checkpoint(make_checkpoint(_tiny()), path)
