@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     x = normalise(crops, reference.preset)
     x = np.concatenate([x, x[..., ::-1]])
     quantise(fp32, int8, [np.ascontiguousarray(x[i : i + 32]) for i in range(0, len(x), 32)])
+    predictors = {"float32": reference, "int8": Predictor.from_checkpoint(int8)}
 
     print(f"$ {' '.join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])}")
     print(f"float32 {fp32} ({fp32.stat().st_size / 1e6:.1f} MB), int8 {int8} ({int8.stat().st_size / 1e6:.1f} MB); "
@@ -111,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     for source in sources:
         recs, sp, _ = folder_split(ckpt, source.data, source.labels)
         val = select(recs, sp, "val")
-        for name, path in (("float32", fp32), ("int8", int8)):
-            _, rep = evaluate(Predictor.from_checkpoint(path), source.data, val, detect=source.detect,
-                              face=source.face, min_face=source.min_face, progress=False)
+        for name, predictor in predictors.items():
+            _, rep = evaluate(predictor, source.data, val, detect=source.detect, face=source.face,
+                              min_face=source.min_face, progress=False)
             print(f"| {source.key} | {rep['n']} | {name} | {rep['age_mae']:.3f} | "
                   f"{100 * rep['gender_accuracy']:.2f}% |")
     print(f"({time.time() - t0:.0f} s)")
