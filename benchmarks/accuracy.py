@@ -4,7 +4,7 @@
 
 The checkpoint records its split (fractions, seed, image limit) and the fingerprint of the data it was trained
 on; the split is recomputed from those, checked against the fingerprint, and the test subset evaluated with the
-same code as `agegender evaluate` (agegender.evaluate.evaluate). Prints the headline figures, the per-bucket
+same code as `agegender evaluate` (agegender.evaluation.evaluate.evaluate). Prints the headline figures, the per-bucket
 error and bias, the interval coverage and the gender calibration error.
 """
 
@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from agegender.checkpoint import load_checkpoint, resolve_model_path
-from agegender.evaluate import evaluate, write_report
-from agegender.predictor import Predictor
-from agegender.sources import select, split_from_checkpoint, write_split
+from agegender.data.sources import select, split_from_checkpoint, write_split
+from agegender.evaluation.evaluate import evaluate, write_report
+from agegender.inference.predictor import Predictor
+from agegender.model.checkpoint import load_checkpoint, resolve_model_path
 
 
 def main(argv: list[str] | None = None) -> int:

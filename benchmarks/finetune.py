@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from agegender.checkpoint import load_checkpoint, resolve_model_path
 from agegender.cli import main as cli
-from agegender.evaluate import evaluate, write_report
-from agegender.predictor import Predictor
-from agegender.sources import read_split, scan, select, split_from_checkpoint
+from agegender.data.sources import read_split, scan, select, split_from_checkpoint
+from agegender.evaluation.evaluate import evaluate, write_report
+from agegender.inference.predictor import Predictor
+from agegender.model.checkpoint import load_checkpoint, resolve_model_path
 
 
 def _evaluate(model: Path, data: str, labels: Path, out: Path, split: Path | None = None, subset: str = "") -> dict:

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from agegender.checkpoint import load_checkpoint, resolve_model_path
-from agegender.images import open_image
-from agegender.metrics import age_mae, gender_accuracy
-from agegender.predictor import Predictor
-from agegender.sources import split_from_checkpoint
+from agegender.data.sources import split_from_checkpoint
+from agegender.evaluation.metrics import age_mae, gender_accuracy
+from agegender.inference.predictor import Predictor
+from agegender.io.images import open_image
+from agegender.model.checkpoint import load_checkpoint, resolve_model_path
 
 
 def frame(crop: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, tuple[float, float]]:

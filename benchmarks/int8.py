@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agegender.checkpoint import load_checkpoint, resolve_model_path
-from agegender.evaluate import evaluate
-from agegender.predictor import Predictor, _exported
-from agegender.preprocess import normalise, resize_crop
-from agegender.runtime import INPUT_NAME, OnnxModel
-from agegender.sources import Source, folder_split, select
+from agegender.data.sources import Source, folder_split, select
+from agegender.evaluation.evaluate import evaluate
+from agegender.inference.predictor import Predictor, _exported
+from agegender.inference.preprocess import normalise, resize_crop
+from agegender.model.checkpoint import load_checkpoint, resolve_model_path
+from agegender.model.onnx import INPUT_NAME, OnnxModel
 
 CALIBRATION_IMAGES = 256
 

@@ -33,13 +33,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from agegender.checkpoint import CheckpointError, load_checkpoint, resolve_model_path
-from agegender.data import AGE_BUCKET_NAMES, DataError, Record, age_bucket
-from agegender.evaluate import evaluate
-from agegender.metrics import summarize
-from agegender.predictor import Predictor
-from agegender.runtime import OnnxModel
-from agegender.sources import folder_split, limit_records, select, split_from_checkpoint
+from agegender.data.records import AGE_BUCKET_NAMES, Record, age_bucket
+from agegender.data.sources import folder_split, limit_records, select, split_from_checkpoint
+from agegender.errors import CheckpointError, DataError
+from agegender.evaluation.evaluate import evaluate
+from agegender.evaluation.metrics import summarize
+from agegender.inference.predictor import Predictor
+from agegender.model.checkpoint import load_checkpoint, resolve_model_path
+from agegender.model.onnx import OnnxModel
 
 TOOLS = {"ours": "agegender", "faceapi": "face-api.js"}
 PEER_SOURCE = "../shared/peers/faceapi"  # the read-only copy shipped beside the data sets

@@ -2,11 +2,11 @@
 
     python benchmarks/sources.py --utk UTKFACE_DIR --aaf AAF_DIR [--model CKPT] [--subset val] [--out runs/sources]
 
-Each source's split is recreated from the checkpoint (agegender.sources.folder_split: as training split it, or for
+Each source's split is recreated from the checkpoint (agegender.data.sources.folder_split: as training split it, or for
 a folder the model never trained on its own seeded split 0.8,0.1,0.1, so every model is scored on the same
 images). UTKFace crops are read as they are; AAF photos (AAF_DIR holds images/ and labels.csv) are detected and
 aligned first (largest face, faces >= 60 px). "Degraded" scores the fixed damaged copy of each face (greyscale,
-a third of the size, blurred, JPEG quality 30; agegender.transforms.degrade_fixed). Prints, per source, the
+a third of the size, blurred, JPEG quality 30; agegender.evaluation.damage.degrade_fixed). Prints, per source, the
 headline figures and the mean signed error of each age group, and the largest |bias| over the groups with at
 least 50 images.
 """
@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from agegender.checkpoint import load_checkpoint, resolve_model_path
-from agegender.evaluate import evaluate, write_report
-from agegender.predictor import Predictor
-from agegender.sources import Source, folder_split, select
+from agegender.data.sources import Source, folder_split, select
+from agegender.evaluation.evaluate import evaluate, write_report
+from agegender.inference.predictor import Predictor
+from agegender.model.checkpoint import load_checkpoint, resolve_model_path
 
 MIN_GROUP = 50  # groups smaller than this are shown but not counted in the largest bias
 

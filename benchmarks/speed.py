@@ -107,8 +107,8 @@ def cpu_hog(processes: int) -> Iterator[None]:
 
 def prepare_crops(data: Path, n: int, dest: Path) -> list[str]:
     """Copy ``n`` crops of the bundled model's test subset (seeded sample) into ``dest``."""
-    from agegender.checkpoint import BUNDLED_MODEL, load_checkpoint
-    from agegender.sources import split_from_checkpoint
+    from agegender.data.sources import split_from_checkpoint
+    from agegender.model.checkpoint import BUNDLED_MODEL, load_checkpoint
 
     records, split, _ = split_from_checkpoint(load_checkpoint(BUNDLED_MODEL), data)
     test = sorted(r.file for r in records if split[r.file] == "test")

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
-from agegender import data as D
-from agegender.cache import build_cache
-from agegender.datasets import CachedFaceDataset, FaceDataset, default_workers, make_loader
-from agegender.engine import train_one_epoch
-from agegender.losses import MultiTaskLoss
-from agegender.model import AgeGenderNet, ModelConfig
-from agegender.transforms import PresetConfig, decode_preset, train_preset
+from agegender.data import records as D
+from agegender.data.cache import build_cache
+from agegender.model.config import ModelConfig, PresetConfig
+from agegender.model.network import AgeGenderNet
+from agegender.training.datasets import CachedFaceDataset, FaceDataset, loader_workers, make_loader
+from agegender.training.engine import train_one_epoch
+from agegender.training.losses import MultiTaskLoss
+from agegender.training.transforms import decode_preset, train_preset
 
 TRAIN_IMAGES = 15154
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     records = D.scan_utkface(args.data).records[: args.n]
-    workers = default_workers(args.workers)
+    workers = loader_workers(args.workers)
     rows = []
     for size in args.sizes:
         preset = PresetConfig(image_size=size, crop_pct=0.9)

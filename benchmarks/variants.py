@@ -3,7 +3,7 @@ mirror pass, in float32 and quantised to int8 (onnxruntime's static quantisation
 
     python benchmarks/variants.py --data UTKFACE_DIR [--calibration 512] [--work runs/variants]
 
-The split is recomputed from default_model.pt (agegender.sources.split_from_checkpoint); nothing is tuned on the
+The split is recomputed from default_model.pt (agegender.data.sources.split_from_checkpoint); nothing is tuned on the
 test subset. Quantised variants: every layer, and only the 1x1 convolutions (the depthwise and first convolutions
 and the heads kept in float32). Prints validation age MAE and gender accuracy, their change against the shipped
 float32 export with mirror averaging, and crops per CPU-second of the network alone (one thread, batches of 16).
@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from agegender.checkpoint import BUNDLED_MODEL, BUNDLED_ONNX, load_checkpoint
-from agegender.images import open_image
-from agegender.metrics import age_mae, gender_accuracy
-from agegender.predictor import Predictor
-from agegender.preprocess import normalise, parallel_map
-from agegender.runtime import OnnxModel
-from agegender.sources import split_from_checkpoint
+from agegender.compute.pools import parallel_map
+from agegender.data.sources import split_from_checkpoint
+from agegender.evaluation.metrics import age_mae, gender_accuracy
+from agegender.inference.predictor import Predictor
+from agegender.inference.preprocess import normalise
+from agegender.io.images import open_image
+from agegender.model.checkpoint import BUNDLED_MODEL, BUNDLED_ONNX, load_checkpoint
+from agegender.model.onnx import OnnxModel
 
 
 def crops(predictor: Predictor, data: Path, files: list[str]) -> np.ndarray:

@@ -35,14 +35,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from agegender.checkpoint import load_checkpoint, resolve_model_path
-from agegender.images import as_rgb_array, open_image
-from agegender.predictor import Predictor
-from agegender.sources import split_from_checkpoint
-from agegender.synthetic import Walker, background, render, sprite
-from agegender.tracking import FRAME_CORRELATION, combine
-from agegender.video import VideoWriter
-from agegender.video_predict import predict_video, video_ahead
+from agegender.data.sources import split_from_checkpoint
+from agegender.inference.predictor import Predictor
+from agegender.io.images import as_rgb_array, open_image
+from agegender.model.checkpoint import load_checkpoint, resolve_model_path
+from agegender.video.clips import VideoWriter
+from agegender.video.predict import predict_video, video_ahead
+from agegender.video.synthetic import Walker, background, render, sprite
+from agegender.video.tracking import FRAME_CORRELATION, combine
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
 FACE_BOX = (150, 25, 300, 205)  # the astronaut's face with some margin

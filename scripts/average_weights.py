@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from agegender.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from agegender.errors import CheckpointError
+from agegender.model.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger("average_weights")
 

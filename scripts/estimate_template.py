@@ -1,4 +1,4 @@
-"""Estimate agegender.faces.UTKFACE_TEMPLATE: the mean MTCNN landmarks on a seeded random sample of UTKFace crops.
+"""Estimate agegender.faces.align.UTKFACE_TEMPLATE: the mean MTCNN landmarks on a seeded random sample of UTKFace crops.
 
     python scripts/estimate_template.py --data /path/to/UTKFace --n 2000 --seed 0
 
@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from agegender.faces import Face, FaceDetector, estimate_template
-from agegender.images import ImageReadError, open_image
+from agegender.errors import ImageReadError
+from agegender.faces.align import estimate_template
+from agegender.faces.detect import Face, FaceDetector
+from agegender.io.images import open_image
 
 
 class RecordingDetector(FaceDetector):

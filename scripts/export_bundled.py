@@ -16,11 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from agegender.checkpoint import BUNDLED_MODEL, BUNDLED_ONNX
-from agegender.export import export_checkpoint, file_sha256
-from agegender.faces import WEIGHTS_DIR
-from agegender.mtcnn_nets import export_networks
-from agegender.runtime import SOURCE_KEY
+from agegender.faces.detect import WEIGHTS_DIR
+from agegender.faces.mtcnn_torch import export_networks
+from agegender.model.checkpoint import BUNDLED_MODEL, BUNDLED_ONNX
+from agegender.model.export import export_checkpoint, file_sha256
+from agegender.model.onnx import SOURCE_KEY
 
 
 def stale(onnx_path: Path, source: Path) -> str | None:

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from agegender import sources as S
-from agegender.calibration import calibrate
-from agegender.checkpoint import load_checkpoint, save_checkpoint
-from agegender.config import TrainConfig
-from agegender.datasets import FaceDataset, concat_datasets, make_loader
-from agegender.model import ModelConfig
-from agegender.transforms import eval_preset
+from agegender.data import sources as S
+from agegender.model.checkpoint import load_checkpoint, save_checkpoint
+from agegender.model.config import ModelConfig
+from agegender.training.calibration import calibrate
+from agegender.training.config import TrainConfig
+from agegender.training.datasets import FaceDataset, concat_datasets, make_loader
+from agegender.training.transforms import eval_preset
 
 
 def validation_sets(args: argparse.Namespace) -> list[tuple[S.Source, list]]:
@@ -51,7 +51,8 @@ def main() -> None:
     ap.add_argument("--tta", action=argparse.BooleanOptionalAction, required=True)
     ap.add_argument("--coverage", type=float, default=0.8)
     ap.add_argument("--age-map", action=argparse.BooleanOptionalAction, default=False,
-                    help="fit a quantile map of the age estimates on validation (see agegender.metrics.fit_age_map)")
+                    help="fit a quantile map of the age estimates on validation (see "
+                    "agegender.evaluation.metrics.fit_age_map)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     ckpt = load_checkpoint(args.model)

@@ -62,15 +62,20 @@ def _tiny_train_argv(data: Path, out: Path, *extra: str, quiet: bool = True) -> 
     return [*argv, "-q"] if quiet else argv
 
 
+NEEDS_TORCH = "needs PyTorch (the test trains a tiny model): pip install 'agegender[train]'"
+
+
 @pytest.fixture(scope="session")
 def tiny_train_argv():
     """:func:`_tiny_train_argv`, for test modules (``--import-mode=importlib`` cannot import conftest)."""
+    pytest.importorskip("torch", reason=NEEDS_TORCH)
     return _tiny_train_argv
 
 
 @pytest.fixture(scope="session")
 def trained_run(face_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One epoch of a tiny ResNet-18 at 32 px through the CLI; returns the run folder."""
+    pytest.importorskip("torch", reason=NEEDS_TORCH)
     from agegender.cli import main
 
     run = tmp_path_factory.mktemp("run") / "tiny"

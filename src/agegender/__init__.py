@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 __all__ = ["Prediction", "Predictor", "__version__"]
 
 if TYPE_CHECKING:
-    from agegender.predictor import Prediction, Predictor
+    from agegender.inference.predictor import Predictor
+    from agegender.inference.results import Prediction
 
 
 def __getattr__(name: str):

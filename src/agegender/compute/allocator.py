@@ -4,7 +4,7 @@ A service answering photos on several threads keeps what its threads' large buff
 image pyramid) once used: glibc gives each thread that meets a busy heap an arena of its own, and free pages inside
 a heap stay resident until ``malloc_trim``. Measured in-process on this project's 2-core machine, two threads each
 having predicted astronaut.png, then 900 more photos (onnxruntime without memory patterns, one shared arena:
-:func:`agegender.runtime.session`): resident 190 MiB; with :func:`limit_arenas` (1) 175 MiB; with
+:func:`agegender.compute.runtime.session`): resident 190 MiB; with :func:`limit_arenas` (1) 175 MiB; with
 :func:`release_free_memory` as well 145 MiB, at the same CPU time per photo. The service does both
 (``agegender serve``; README, "Service under load").
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from agegender.data import Record, data_fingerprint
-from agegender.images import ImageReadError, open_image
+from agegender.data.records import Record, data_fingerprint
+from agegender.errors import ImageReadError
+from agegender.io.images import open_image
 
 log = logging.getLogger(__name__)
 # "none" decodes every image on every read (the reference pipeline); the others build a cache.

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from agegender.data import MAX_AGE, DataError, Record, ScanResult
+from agegender.data.records import MAX_AGE, Record, ScanResult
+from agegender.errors import DataError
 
 log = logging.getLogger(__name__)
 

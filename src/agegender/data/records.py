@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agegender.errors import DataError
+
 log = logging.getLogger(__name__)
 
 GENDERS = ("male", "female")
@@ -24,10 +26,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_AGE = 120
 
 _NAME = re.compile(r"^(?P<age>\d+)_(?P<gender>\d+)_(?P<race>\d+)_(?P<datetime>\d+)\.jpg(\.chip\.jpg)?$")
-
-
-class DataError(ValueError):
-    """A data folder or split file that cannot be used (the message says why and what to do)."""
 
 
 @dataclass(frozen=True)

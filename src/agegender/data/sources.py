@@ -12,14 +12,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from agegender.data import DataError, Record, ScanResult, data_fingerprint, scan_utkface
-from agegender.images import open_image
+from agegender.data.records import Record, ScanResult, data_fingerprint, scan_utkface
+from agegender.errors import DataError
+from agegender.faces.loader import FACE_POLICIES, image_loader
 
 SUBSETS = ("train", "val", "test")
 # The split of a folder a model never trained on, so that every model is scored on the same images of it.
 OWN_SPLIT, OWN_SEED = "0.8,0.1,0.1", 0
-# With detection: what to do with a photo of several faces (skip it, or take the largest face).
-FACE_POLICIES = ("single", "largest")
 
 
 @dataclass(frozen=True)
@@ -102,20 +101,10 @@ def split_file_name(index: int, source: Source) -> str:
 def scan(root: str | Path, labels: str = "") -> ScanResult:
     """The labelled images of a folder: from a labels file when given, else from UTKFace file names."""
     if labels:
-        from agegender.labels import read_labels
+        from agegender.data.labels import read_labels
 
         return read_labels(labels, root)
     return scan_utkface(root)
-
-
-def image_loader(detect: bool = False, face: str = "single", min_face: int = 20) -> Callable:
-    """How a file becomes a face crop: decoded as it is, or (``detect``) detected and aligned to UTKFace's
-    framing with the ``face`` policy for photos of several faces."""
-    if detect:
-        from agegender.faces import AlignedFaceLoader
-
-        return AlignedFaceLoader(face, min_face)
-    return open_image
 
 
 def limit_records(records: list[Record], limit: int, seed: int) -> list[Record]:
@@ -171,7 +160,7 @@ def stratified_split(
 def write_split(path: str | Path, split: dict[str, str]) -> None:
     import pandas as pd
 
-    from agegender.outputs import atomic_write
+    from agegender.io.outputs import atomic_write
 
     text = pd.DataFrame(sorted(split.items()), columns=["file", "subset"]).to_csv(index=False)
     atomic_write(path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))  # names as they are on disk

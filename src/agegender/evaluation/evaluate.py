@@ -14,29 +14,26 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agegender.data import DataError, Record
-from agegender.metrics import (
-    age_group_scores,
-    age_interval,
-    expected_calibration_error,
-    interval_coverage,
-    report,
-)
+from agegender.data.records import Record
+from agegender.errors import DataError
+from agegender.evaluation.metrics import age_group_scores, expected_calibration_error, interval_coverage, report
+from agegender.inference.results import age_interval
+from agegender.io.outputs import atomic_write, csv_cell
 
 if TYPE_CHECKING:
     import pandas as pd
     from PIL import Image
 
-    from agegender.predictor import Predictor
+    from agegender.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
 
 def predictions_frame(out: dict[str, np.ndarray], records: Sequence[Record],
                       interval_scale: float | None = None) -> pd.DataFrame:
-    """One row per prediction: the output of :func:`engine.predict_batches` (``index`` into ``records``, ``age``,
-    ``age_sigma``, ``p_female``, each ``[N]``) beside the records' labels; ``age_low``/``age_high`` when an
-    interval ``scale`` is given.
+    """One row per prediction: the output of :func:`agegender.training.engine.predict_batches` (``index`` into
+    ``records``, ``age``, ``age_sigma``, ``p_female``, each ``[N]``) beside the records' labels;
+    ``age_low``/``age_high`` when an interval ``scale`` is given.
 
     >>> recs = [Record("a.jpg", 30.0, 1.0, 2), Record("b.jpg", float("nan"), 0.0)]
     >>> out = {"index": np.array([1, 0]), "age": np.array([20.0, 33.0]), "age_sigma": np.array([2.0, 1.0]),
@@ -79,17 +76,17 @@ def score(df: pd.DataFrame, records: Sequence[Record], target_coverage: float | 
 
 
 def predict_records(predictor: Predictor, root: str | Path, records: Sequence[Record], load: Callable,
-                    workers: int = -1, progress: bool = True, chunk: int = 256) -> dict[str, np.ndarray]:
+                    workers: int = 0, progress: bool = True, chunk: int = 256) -> dict[str, np.ndarray]:
     """Predict every record under ``root``: ``{"index", "age", "age_sigma", "p_female"}`` (as
-    :func:`engine.predict_batches` returns them; unreadable images and photos without a usable face absent).
-
-    ``load`` turns a path into a PIL image (and raises :class:`images.ImageReadError` for what it cannot use);
-    it runs on ``workers`` threads (-1: the predictor's), the network on the predictor's.
+    :func:`agegender.training.engine.predict_batches` returns them; unreadable images and photos without a usable
+    face absent).
+    ``load`` turns a path into a PIL image (and raises :class:`agegender.errors.ImageReadError` for what it cannot use);
+    it runs on ``workers`` threads (0: the predictor's), the network on the predictor's.
     """
     from tqdm.auto import tqdm
 
-    from agegender.images import ImageReadError
-    from agegender.preprocess import parallel_map
+    from agegender.compute.pools import parallel_map
+    from agegender.errors import ImageReadError
 
     def crop(i: int) -> np.ndarray | None:
         try:
@@ -98,7 +95,7 @@ def predict_records(predictor: Predictor, root: str | Path, records: Sequence[Re
             log.warning("skipping unreadable image %s: %s", records[i].file, e)
             return None
 
-    threads = predictor.workers if workers < 0 else max(1, workers)
+    threads = workers or predictor.workers
     parts: list[dict[str, np.ndarray]] = []
     with tqdm(total=len(records), desc="evaluate", unit="img", leave=False,
               disable=None if progress else True, dynamic_ncols=True) as bar:
@@ -117,14 +114,14 @@ def predict_records(predictor: Predictor, root: str | Path, records: Sequence[Re
 
 def evaluate(predictor: Predictor, root: str | Path, records: Sequence[Record], *, detect: bool = False,
              face: str = "single", min_face: int = 20, degrade: bool = False, batch_size: int = 128,
-             workers: int = -1, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+             workers: int = 0, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Predict every record under ``root`` (face crops, or with ``detect`` photos detected and aligned first)
     and score the predictions: ``(predictions frame, report)``. ``degrade`` scores the fixed degraded copy of
-    each face (:func:`preprocess.degrade_fixed`). Unreadable images and photos without a usable face are
-    skipped and counted in ``report["meta"]``. ``batch_size``: images read per step; ``workers``: threads
-    that read them (-1: the predictor's)."""
-    from agegender.preprocess import degrade_fixed
-    from agegender.sources import image_loader
+    each face (:func:`agegender.evaluation.damage.degrade_fixed`). Unreadable images and photos without a usable
+    face are skipped and counted in ``report["meta"]``. ``batch_size``: images read per step; ``workers``: threads
+    that read them (0: the predictor's)."""
+    from agegender.evaluation.damage import degrade_fixed
+    from agegender.faces.loader import image_loader
 
     read = image_loader(detect, face, min_face)
 
@@ -152,8 +149,8 @@ def write_report(df: pd.DataFrame, rep: dict, out: str | Path, predictions: str 
                  title: str = "") -> Path:
     """``out`` (REPORT.json), the predictions CSV (default ``<out stem>_preds.csv`` beside it) and, where there
     are ages, a scatter plot and the error by age bucket. Returns the predictions path."""
-    from agegender.outputs import write_csv, write_json
-    from agegender.plots import age_scatter, mae_by_bucket
+    from agegender.evaluation.plots import age_scatter, mae_by_bucket
+    from agegender.io.outputs import write_json
 
     out = Path(out)
     preds_path = predictions_path(out, predictions)
@@ -177,3 +174,21 @@ def headline(rep: dict) -> str:
                "gender MAE": rep.get("gender_mae"), "gender AUC": rep.get("gender_auc"),
                "age-group acc": rep.get("age_group_accuracy"), "one-off": rep.get("age_group_one_off")}
     return f"n={rep['n']}  " + "  ".join(f"{k} {v:.3f}" for k, v in figures.items() if v is not None)
+
+
+def csv_bytes(df: pd.DataFrame) -> bytes:
+    """``df`` as CSV bytes: text cells made formula-safe (:func:`csv_cell`), and file names that are not valid
+    UTF-8 written back as the bytes they were on disk (Python holds them as surrogate escapes)."""
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    safe = df.copy()
+    for column in safe.columns:
+        if is_object_dtype(safe[column]) or is_string_dtype(safe[column]):
+            safe[column] = safe[column].map(csv_cell)
+    return safe.to_csv(index=False).encode("utf-8", "surrogateescape")
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> None:
+    """Write ``df`` to ``path`` atomically as :func:`csv_bytes`."""
+    data = csv_bytes(df)
+    atomic_write(path, lambda f: f.write(data))

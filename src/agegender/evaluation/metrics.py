@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agegender.data import AGE_BUCKET_NAMES, GENDERS, RACES, age_bucket
+from agegender.data.records import AGE_BUCKET_NAMES, GENDERS, RACES, age_bucket
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -148,7 +148,7 @@ def fit_age_map(age_pred: np.ndarray, age_true: np.ndarray, knots: int = 101) ->
     An estimator trained to be close on average pulls every face towards the typical age: the elderly come
     out too young and children too old, bucket by bucket. Mapping the ``q``-quantile of held-out estimates to
     the ``q``-quantile of their true ages undoes that shrinkage; the price is a slightly higher MAE. Returns
-    ``{"x": estimates, "y": years}`` for :class:`agegender.model.ModelConfig`'s ``age_map``.
+    ``{"x": estimates, "y": years}`` for :class:`agegender.model.config.ModelConfig`'s ``age_map``.
 
     >>> fit_age_map(np.array([20.0, 25, 30, 35, 40]), np.array([10.0, 20, 30, 40, 50]), knots=3)
     {'x': [20.0, 30.0, 40.0], 'y': [10.0, 30.0, 50.0]}
@@ -164,12 +164,6 @@ def fit_age_map(age_pred: np.ndarray, age_true: np.ndarray, knots: int = 101) ->
     xs, ys = np.round(np.quantile(pred, q), 4), np.round(np.quantile(true, q), 4)
     xs, first = np.unique(xs, return_index=True)  # tied estimates: keep one knot
     return {"x": [float(v) for v in xs], "y": [float(v) for v in ys[first]]}
-
-
-def age_interval(age: np.ndarray, sigma: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(low, high)`` = ``age ∓ scale * sigma``, low clipped at 0."""
-    half = scale * np.asarray(sigma, float)
-    return np.clip(np.asarray(age, float) - half, 0, None), np.asarray(age, float) + half
 
 
 def interval_coverage(low: np.ndarray, high: np.ndarray, true: np.ndarray) -> float:

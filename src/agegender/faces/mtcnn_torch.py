@@ -1,7 +1,7 @@
 """MTCNN's three networks in torch, with the vendored MIT-licensed weights (``weights/mtcnn/*.pt``, see NOTICE.md).
 
 Inference runs their ONNX exports (``weights/mtcnn/*.onnx``, written from these by ``scripts/export_bundled.py``)
-through :class:`agegender.faces.FaceDetector`; the torch versions are the source of those files, and
+through :class:`agegender.faces.detect.FaceDetector`; the torch versions are the source of those files, and
 ``FaceDetector(runtime="torch")`` runs the same cascade on them (the parity test compares the two).
 """
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-WEIGHTS_DIR = Path(__file__).parent / "weights" / "mtcnn"
+WEIGHTS_DIR = Path(__file__).parents[1] / "weights" / "mtcnn"
 
 # Parameter names follow facenet-pytorch's so that its state dicts load with strict=True.
 
@@ -114,7 +114,7 @@ def export_networks(out_dir: str | Path = WEIGHTS_DIR, opset: int = 17) -> list[
 
     import onnx
 
-    from agegender.checkpoint import atomic_write
+    from agegender.io.outputs import atomic_write
 
     out_dir = Path(out_dir)
     written = []
@@ -142,7 +142,7 @@ def export_networks(out_dir: str | Path = WEIGHTS_DIR, opset: int = 17) -> list[
 
 
 class TorchNetworks:
-    """The three networks run by torch, called like :class:`agegender.faces.OnnxNetworks`: float32 numpy
+    """The three networks run by torch, called like :class:`agegender.faces.detect.OnnxNetworks`: float32 numpy
     batches in, numpy outputs out."""
 
     def __init__(self, device: str | torch.device = "cpu") -> None:

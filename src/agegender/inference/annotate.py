@@ -1,17 +1,16 @@
-"""Draw detected faces and their estimates onto a photo."""
+"""Draw detected faces and their estimates onto a photo, and write annotated copies of a run's photos."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from agegender.predictor import FacePrediction
-
-if TYPE_CHECKING:
-    from agegender.tracking import TrackedFace
+from agegender.errors import one_line
+from agegender.inference.results import FacePrediction, TrackedFace
+from agegender.io.outputs import atomic_write, unique_name
 
 
 def label(face: FacePrediction) -> str:
@@ -51,3 +50,21 @@ def draw_tracks(image: Image.Image, faces: Sequence[TrackedFace]) -> Image.Image
     ``"#2 34 ±3, female 0.95"``."""
     shown = [replace(f.face, prediction=f.estimate.prediction) for f in faces]
     return draw_faces(image, shown, [f"#{f.track} {label(s)}" for f, s in zip(faces, shown, strict=True)])
+
+
+class AnnotatedCopies:
+    """Annotated copies of a run's photos in ``folder``, each under a name no other input of the run has
+    (``photo_annotated.jpg``, ``photo_annotated_2.jpg``, ...)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder, self._taken = Path(folder), set()
+
+    def write(self, image: Image.Image, faces: Sequence[FacePrediction], file: str) -> str | None:
+        """Write ``image`` with ``faces`` drawn; returns None, or why the copy could not be written."""
+        target = self.folder / unique_name(Path(file).stem, "_annotated.jpg", self._taken)
+        try:
+            drawn = draw_faces(image, faces)
+            atomic_write(target, lambda f: drawn.save(f, "JPEG", quality=92))
+        except OSError as e:
+            return f"annotated copy {target} not written: {one_line(e)}"
+        return None

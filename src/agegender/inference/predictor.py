@@ -2,32 +2,31 @@
 
 Importing it does not import torch. The network is an exported ONNX file run by onnxruntime (the bundled model
 ships as one: ``default_model.onnx``), or a torch model (a ``.pt`` checkpoint with ``runtime="torch"``, or an
-``AgeGenderNet`` passed in). Either way the input is made by :mod:`agegender.preprocess`, and batches run side
+``AgeGenderNet`` passed in). Either way the input is made by :mod:`agegender.inference.preprocess`, and batches run side
 by side on a few threads (each onnxruntime call on one thread), which keeps a busy machine from slowing it
 down more than its share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agegender.checkpoint import BUNDLED_MODEL, BUNDLED_ONNX, resolve_model_path
-from agegender.data import GENDERS
-from agegender.images import ImageInput, as_pil
-from agegender.metrics import age_interval
-from agegender.preprocess import chunks, default_workers, normalise, parallel_map, resize_crop
-from agegender.runtime import OnnxModel
+from agegender.compute.pools import chunks, default_threads, parallel_map
+from agegender.data.records import GENDERS
+from agegender.inference.preprocess import normalise, resize_crop
+from agegender.inference.results import FacePrediction, PhotoPrediction, Prediction, age_interval
+from agegender.io.images import ImageInput, as_pil, as_rgb_array
+from agegender.model.checkpoint import BUNDLED_MODEL, BUNDLED_ONNX, resolve_model_path
+from agegender.model.onnx import OnnxModel
 
 if TYPE_CHECKING:
-    from agegender.faces import Face
-    from agegender.tracking import FaceTracks, TrackedFrame
+    from agegender.faces.detect import Face
 
-RUNTIMES = ("auto", "onnx", "torch")
+MODEL_RUNTIMES = ("auto", "onnx", "torch")
 BATCH_SIZE = 16  # images per network call: larger batches were no faster per image on a CPU (benchmarks/speed.py)
 # Faces predicted per photo by default in predict and the service: a crowd photo costs seconds per face, far
 # beyond what a portrait needs; the largest are kept and the answer says how many were found.
@@ -37,64 +36,19 @@ DEFAULT_MAX_FACES = 50
 def _exported(checkpoint: Path) -> Path:
     """The ONNX export of ``checkpoint``: the shipped file for the bundled model, else one made once and kept
     in the cache folder (keyed by the checkpoint's content hash; needs torch and onnx)."""
-    from agegender.cache import cache_dir
+    from agegender.data.cache import cache_dir
 
     if checkpoint.resolve() == BUNDLED_MODEL.resolve() and BUNDLED_ONNX.is_file():
         return BUNDLED_ONNX
-    from agegender.checkpoint import import_torch
+    from agegender.model.checkpoint import import_torch
 
     import_torch(f"exporting {checkpoint.name} to ONNX")
-    from agegender.export import export_checkpoint, file_sha256
+    from agegender.model.export import export_checkpoint, file_sha256
 
     out = cache_dir() / "onnx" / f"{checkpoint.stem}-{file_sha256(checkpoint)[:16]}.onnx"
     if not out.exists():
         export_checkpoint(checkpoint, out)
     return out
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Age in years with its interval (``None`` for a model without interval calibration), the decided
-    gender (``"male"``/``"female"``), the probability of female, and the network's spread of the age estimate
-    (``age_sigma``, years; what :mod:`agegender.tracking` weighs frames by)."""
-
-    age: float
-    gender: str
-    p_female: float
-    age_low: float | None = None
-    age_high: float | None = None
-    age_sigma: float | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class FacePrediction:
-    """One face found in a photo: where it is, how sure the detector is, and the model's estimate."""
-
-    index: int
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the input image
-    det_score: float
-    landmarks: tuple[tuple[float, float], ...]  # eyes, nose, mouth corners (image left, then right)
-    prediction: Prediction
-
-    def to_dict(self) -> dict:
-        return {"face": self.index, "box": [round(v, 1) for v in self.box], "det_score": round(self.det_score, 4),
-                "landmarks": [[round(x, 1), round(y, 1)] for x, y in self.landmarks], **self.prediction.to_dict()}
-
-
-@dataclass(frozen=True)
-class PhotoPrediction:
-    """The faces predicted in one photo; ``found`` counts every face detected, so ``found - len(faces)`` faces
-    were left out by a ``max_faces`` cap (the smallest ones)."""
-
-    faces: list[FacePrediction]
-    found: int
-
-    @property
-    def dropped(self) -> int:
-        return self.found - len(self.faces)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -104,11 +58,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class Predictor:
     """Age and gender for face crops framed like UTKFace's aligned crops, and for faces found in photos.
 
-    ``model``: an :class:`agegender.runtime.OnnxModel`, or a torch ``AgeGenderNet`` (run on ``device``).
+    ``model``: an :class:`agegender.model.onnx.OnnxModel`, or a torch ``AgeGenderNet`` (run on ``device``).
     ``workers``: threads that run batches side by side (default: one per core, at most 4, for onnxruntime;
     1 for torch, which uses several threads per call).
 
-    >>> from agegender.checkpoint import BUNDLED_ONNX
+    >>> from agegender.model.checkpoint import BUNDLED_ONNX
     >>> p = Predictor(OnnxModel(BUNDLED_ONNX))
     >>> [type(r).__name__ for r in p.predict([np.zeros((40, 50, 3), np.uint8)])]
     ['Prediction']
@@ -120,7 +74,7 @@ class Predictor:
         if isinstance(model, OnnxModel):
             self.device, self._net = "cpu", model
         else:  # a torch network; only then is torch imported
-            from agegender.engine import TorchRunner, resolve_device
+            from agegender.model.network import TorchRunner, resolve_device
 
             self.device = resolve_device(device) if isinstance(device, str) else device
             self._net = TorchRunner(model, self.device)
@@ -136,14 +90,14 @@ class Predictor:
         # onnxruntime runs each call on one thread, so batches run side by side; torch spreads each call over
         # its own threads, and running two at once would only make them fight over the cores.
         parallel = isinstance(model, OnnxModel)
-        self.workers = (default_workers() if parallel else 1) if workers is None else max(1, workers)
+        self.workers = (default_threads() if parallel else 1) if workers is None else max(1, workers)
         self._detector = detector
 
     @property
     def detector(self):
         """The face detector (MTCNN on onnxruntime), created on first use: crops-only users never pay for it."""
         if self._detector is None:
-            from agegender.faces import FaceDetector
+            from agegender.faces.detect import FaceDetector
 
             self._detector = FaceDetector()
         return self._detector
@@ -158,14 +112,14 @@ class Predictor:
         by its content hash) and that file is run. ``"torch"``: the checkpoint's network in torch.
         """
         path = Path(path)
-        if runtime not in RUNTIMES:
-            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        if runtime not in MODEL_RUNTIMES:
+            raise ValueError(f"runtime must be one of {MODEL_RUNTIMES}, got {runtime!r}")
         bundled = path.resolve() == BUNDLED_MODEL.resolve() and BUNDLED_ONNX.is_file()
         if path.suffix == ".onnx" or runtime == "onnx" or (runtime == "auto" and bundled):
             model = OnnxModel(path if path.suffix == ".onnx" else _exported(path), threads=1)
             return cls(model, flip_tta=flip_tta, checkpoint=model.checkpoint_like(), detector=detector,
                        workers=workers)
-        from agegender.checkpoint import load_model
+        from agegender.model.checkpoint import load_model
 
         model, ckpt = load_model(path)
         return cls(model, device=device, flip_tta=flip_tta, checkpoint=ckpt, detector=detector, workers=workers)
@@ -233,16 +187,18 @@ class Predictor:
                    check: Callable[[], None] | None = None) -> tuple[list[Face], np.ndarray, int]:
         """Detect every face in one photo and align it to UTKFace's framing: ``(faces, crops uint8 [K, S, S, 3],
         found)`` (see :meth:`prepare`); at most ``max_faces`` faces (the largest) are kept of the ``found``."""
-        from agegender.faces import UTKFACE_SIZE, align, largest
+        from agegender.faces.align import UTKFACE_SIZE, align
+        from agegender.faces.detect import largest
 
         if check is not None:
             check()
-        pil = as_pil(image)
-        faces = self.detector.detect(pil, check)
+        # One array of the photo for the detector and every face's alignment (a crowd photo has dozens).
+        pixels = as_rgb_array(as_pil(image))
+        faces = self.detector.detect(pixels, check)
         found = len(faces)
         if max_faces is not None:
             faces = largest(faces, max_faces)
-        crops = [self.prepare(align(pil, f.landmarks, UTKFACE_SIZE)) for f in faces]
+        crops = [self.prepare(align(pixels, f.landmarks, UTKFACE_SIZE)) for f in faces]
         size = self.preset.image_size
         return faces, np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8), found
 
@@ -265,59 +221,3 @@ class Predictor:
         """Every face of each photo (see :meth:`predict_photos`); one list per photo (empty where no face was
         found)."""
         return [photo.faces for photo in self.predict_photos(images, batch_size)]
-
-    def track(self, frames: Iterable[ImageInput], every: int = 1, fps: float | None = None,
-              tracks: FaceTracks | None = None, ahead: int = 0) -> Iterator[TrackedFrame]:
-        """Follow the faces of a video: ``frames`` (an iterable of photos, in order) in, one
-        :class:`~agegender.tracking.TrackedFrame` out per frame, in order: its faces with their track number and
-        each track's running estimate. Faces are detected in every ``every``-th frame (the first included);
-        ``fps`` gives each frame's time; ``tracks`` continues an existing :class:`~agegender.tracking.FaceTracks`
-        (by default a new one with this model's interval scale).
-
-        ``ahead``: analysed frames read and searched for faces ahead of the one being linked, on ``ahead`` threads
-        (a frame costs what a photo costs, so a video file keeps every core busy this way); 0 handles each frame
-        as it comes, for a live source that has no next frame yet. If ``frames`` fails part-way, the frames read
-        before the failure are still answered, then the error is raised."""
-        from collections import deque
-
-        from agegender.preprocess import thread_pool
-        from agegender.tracking import FaceTracks, TrackedFrame
-
-        if every < 1 or ahead < 0:
-            raise ValueError(f"every must be >= 1 and ahead >= 0, got {every} and {ahead}")
-        tracks = tracks or FaceTracks(self.interval_scale, every=every)
-        faces: list = []
-
-        def detect(frame: ImageInput) -> list[FacePrediction]:
-            return self.predict_faces([frame])[0]
-
-        def link(index: int, found: list[FacePrediction] | None) -> TrackedFrame:
-            nonlocal faces
-            if found is not None:
-                faces = tracks.update(index, found)
-            return TrackedFrame(index, index / fps if fps else None, found is not None, faces, tracks.estimates())
-
-        if ahead == 0:
-            for index, frame in enumerate(frames):
-                yield link(index, detect(frame) if index % every == 0 else None)
-            return
-        pool, pending = thread_pool(ahead), deque()
-        source, error = enumerate(frames), None
-        while True:
-            try:
-                index, frame = next(source)
-            except StopIteration:
-                break
-            except Exception as e:  # noqa: BLE001 - the source broke off: what it gave before is answered first
-                error = e
-                break
-            pending.append((index, pool.submit(detect, frame) if index % every == 0 else None))
-            # Up to ``ahead`` analysed frames in flight (with the skipped frames between them).
-            while sum(work is not None for _, work in pending) > ahead or len(pending) > ahead * every:
-                index, work = pending.popleft()
-                yield link(index, None if work is None else work.result())
-        while pending:
-            index, work = pending.popleft()
-            yield link(index, None if work is None else work.result())
-        if error is not None:
-            raise error

@@ -7,47 +7,16 @@ The one preprocessing path of predict, evaluate, serve and the decode cache's ev
     normalise(batch, cfg)     uint8 [N, S, S, 3] -> float32 [N, 3, S, S]: / 255, minus mean, over std
 
 Sizes and rounding follow torchvision's ``Resize(R)`` + ``CenterCrop(S)`` exactly, so a model sees the pixels
-it was trained on; :mod:`agegender.transforms` builds the training presets on the same :class:`PresetConfig`.
+it was trained on; :mod:`agegender.training.transforms` builds the training presets on the same
+:class:`~agegender.model.config.PresetConfig`.
 """
 
 from __future__ import annotations
 
-import io
-import os
-import threading
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import TypeVar
-
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class PresetConfig:
-    """Input geometry and normalisation. ``crop_pct`` is the share of the resized image kept by the crop."""
-
-    image_size: int
-    crop_pct: float
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    @property
-    def resize_size(self) -> int:
-        """Side of the resized image before the crop.
-
-        >>> PresetConfig(image_size=90, crop_pct=0.9).resize_size
-        100
-        """
-        return int(round(self.image_size / self.crop_pct))
+from agegender.model.config import PresetConfig
 
 
 def resized_size(width: int, height: int, side: int) -> tuple[int, int]:
@@ -88,18 +57,6 @@ def resize_crop(image: Image.Image, cfg: PresetConfig, crop: int | None = None) 
     return np.array(center_crop(np.asarray(image), cfg.image_size if crop is None else crop), order="C")
 
 
-def degrade_fixed(image: Image.Image) -> Image.Image:
-    """The fixed damage of the "degraded validation" figure: greyscale, a third of the size and back up,
-    blurred (radius 1) and re-compressed as JPEG quality 30. Deterministic, so every model sees the same
-    degraded copy."""
-    w, h = image.size
-    small = image.convert("L").resize((max(8, w // 3), max(8, h // 3)), Image.BILINEAR)
-    blurred = small.resize((w, h), Image.BILINEAR).filter(ImageFilter.GaussianBlur(1)).convert("RGB")
-    buf = io.BytesIO()
-    blurred.save(buf, "JPEG", quality=30)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
 def normalise(batch: np.ndarray, cfg: PresetConfig) -> np.ndarray:
     """uint8 ``[N, S, S, 3]`` -> float32 ``[N, 3, S, S]``: scaled to [0, 1], minus ``cfg.mean``, over ``cfg.std``
     (one fused multiply-add over the whole batch).
@@ -120,39 +77,3 @@ def normalise(batch: np.ndarray, cfg: PresetConfig) -> np.ndarray:
     return out
 
 
-def default_workers() -> int:
-    """Threads for decoding and inference: one per core, at most 4 (beyond that the GIL-held glue dominates)."""
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-@lru_cache(maxsize=4)
-def thread_pool(workers: int) -> ThreadPoolExecutor:
-    """The process's pool of ``workers`` threads (one long-lived pool per size: thread start-up is paid once per
-    process, not per batch). Work that runs on it and calls :func:`parallel_map` runs that inline."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agegender-pool")
-
-
-def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> list[R]:
-    """``[fn(x) for x in items]``, in order, on up to ``workers`` threads (default :func:`default_workers`).
-
-    Threads pay where ``fn`` spends its time in code that releases the GIL (PIL decoding and resizing,
-    onnxruntime, large numpy operations); with one item or one worker it runs in the calling thread.
-    """
-    items = list(items)
-    workers = default_workers() if workers is None else workers
-    # A pool thread waiting on its own pool could deadlock: nested calls run inline.
-    nested = threading.current_thread().name.startswith("agegender-pool")
-    if workers <= 1 or len(items) <= 1 or nested:
-        return [fn(x) for x in items]
-    return list(thread_pool(workers).map(fn, items))
-
-
-def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
-    """``items`` cut into consecutive slices of at most ``size``.
-
-    >>> chunks([1, 2, 3, 4, 5], 2)
-    [[1, 2], [3, 4], [5]]
-    """
-    if size < 1:
-        raise ValueError(f"chunk size must be >= 1, got {size}")
-    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -16,6 +16,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from agegender.errors import CORRUPT, EMPTY, TOO_LARGE, UNREADABLE, UNSUPPORTED, ImageReadError, describe
+
 # What the predictor accepts as an image.
 ImageInput = Image.Image | str | Path | bytes | np.ndarray
 
@@ -45,22 +47,6 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4
             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
             8: Image.Transpose.ROTATE_90}
 ORIENTATION_TAG = 0x0112
-
-# ImageReadError kinds: what went wrong, for callers that answer differently (the service's status codes).
-EMPTY, UNREADABLE, UNSUPPORTED, TOO_LARGE, CORRUPT = "empty", "unreadable", "unsupported", "too_large", "corrupt"
-
-
-class ImageReadError(ValueError):
-    """The file is not a usable image; the message is one line, ``kind`` says why (see the constants above)."""
-
-    def __init__(self, message: str, kind: str = CORRUPT) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or "no details"
-    return f"{type(e).__name__}: {text[:limit]}"
 
 
 def _source(source: str | Path | bytes | bytearray | memoryview, name: str) -> tuple[BinaryIO, int]:
@@ -109,7 +95,7 @@ def _unidentified(fp: BinaryIO, name: str) -> ImageReadError:
                 factory(fp, name).close()
                 reason = "cannot be read"
             except Exception as e:  # noqa: BLE001 - any failure of a hostile header is the reason we report
-                reason = _one_line(e)
+                reason = describe(e)
             return ImageReadError(f"{name}: a broken {fmt} file: {reason}", CORRUPT)
     for fmt, (_factory, accept) in Image.OPEN.items():
         if fmt not in ACCEPTED_FORMATS and _recognises(accept, prefix):
@@ -125,9 +111,9 @@ def _identify(fp: BinaryIO, name: str, max_pixels: int) -> Image.Image:
         raise _unidentified(fp, name) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         # Pillow's own, process-wide limit (left as Pillow sets it) fired before ours could.
-        raise ImageReadError(f"{name}: exceeds the limit of {max_pixels:,} pixels ({_one_line(e)})", TOO_LARGE) from e
+        raise ImageReadError(f"{name}: exceeds the limit of {max_pixels:,} pixels ({describe(e)})", TOO_LARGE) from e
     except Exception as e:  # noqa: BLE001 - a plugin may raise anything on a crafted header
-        raise ImageReadError(f"{name}: {_one_line(e)}", CORRUPT) from e
+        raise ImageReadError(f"{name}: {describe(e)}", CORRUPT) from e
 
 
 def check_canvas(size: tuple[int, int], fmt: str | None, nbytes: int, name: str, max_pixels: int) -> None:
@@ -137,7 +123,7 @@ def check_canvas(size: tuple[int, int], fmt: str | None, nbytes: int, name: str,
     >>> check_canvas((8000, 8000), "JPEG", 631, "x.jpg", MAX_PIXELS)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    agegender.images.ImageReadError: x.jpg: claims 8000x8000 pixels in 631 bytes, more than a JPEG file can hold ...
+    agegender.errors.ImageReadError: x.jpg: claims 8000x8000 pixels in 631 bytes, more than a JPEG file can hold ...
     """
     w, h = size
     if w < 1 or h < 1:
@@ -155,7 +141,7 @@ def _upright(img: Image.Image, name: str) -> Image.Image:
     try:
         orientation = img.getexif().get(ORIENTATION_TAG, 1)
     except Exception as e:  # noqa: BLE001 - a malformed EXIF block may raise anything
-        raise ImageReadError(f"{name}: malformed EXIF block: {_one_line(e)}", CORRUPT) from e
+        raise ImageReadError(f"{name}: malformed EXIF block: {describe(e)}", CORRUPT) from e
     method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
     return img if method is None else img.transpose(method)
 
@@ -178,14 +164,14 @@ def _decode(img: Image.Image, nbytes: int, name: str, max_pixels: int) -> Image.
     try:
         img.load()
     except Exception as e:  # noqa: BLE001 - decoders raise OSError, RuntimeError, struct.error, ...
-        raise ImageReadError(f"{name}: {_one_line(e)}", CORRUPT) from e
+        raise ImageReadError(f"{name}: {describe(e)}", CORRUPT) from e
     # A plugin may change its size on load (multi-resolution containers); what was decoded must still fit.
     check_canvas(img.size, None, nbytes, name, max_pixels)
     upright = _upright(img, name)
     try:
         return _to_rgb(upright)
     except Exception as e:  # noqa: BLE001 - unusual modes (F, LAB, ...) may have no conversion
-        raise ImageReadError(f"{name}: cannot convert mode {upright.mode} to RGB: {_one_line(e)}", CORRUPT) from e
+        raise ImageReadError(f"{name}: cannot convert mode {upright.mode} to RGB: {describe(e)}", CORRUPT) from e
 
 
 def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:

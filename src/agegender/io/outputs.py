@@ -8,6 +8,7 @@ Nothing here needs torch: every command and the light inference path write throu
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import tempfile
@@ -15,20 +16,15 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
-if TYPE_CHECKING:
-    import pandas as pd
+from agegender.errors import OutputError
 
 # A cell starting with one of these is run as a formula by Excel, LibreOffice and Google Sheets (OWASP's CSV
 # injection list); such a cell gets a leading apostrophe, which spreadsheets show as text and hide.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # Longest file name most file systems take, in bytes.
 NAME_MAX = 255
-
-
-class OutputError(ValueError):
-    """An output path that cannot be written (the message says which and why)."""
 
 
 @contextmanager
@@ -113,44 +109,31 @@ def check_folder(folder: str | Path, what: str) -> Path:
 
 
 def csv_cell(value: Any) -> Any:
-    """``value``, with a leading apostrophe if it is text a spreadsheet would run as a formula.
+    """``value``, with a leading apostrophe if it is text a spreadsheet would run as a formula; a float that Python
+    would write in exponent notation (``6e-05``) written out in plain digits instead.
 
-    >>> csv_cell("=HYPERLINK(1)"), csv_cell("photo.jpg"), csv_cell(-3.5)
-    ("'=HYPERLINK(1)", 'photo.jpg', -3.5)
+    >>> csv_cell("=HYPERLINK(1)"), csv_cell("photo.jpg"), csv_cell(-3.5), csv_cell(6e-05)
+    ("'=HYPERLINK(1)", 'photo.jpg', -3.5, '0.00006')
     """
+    if isinstance(value, float) and "e" in repr(value) and math.isfinite(value):
+        return f"{value:.20f}".rstrip("0").rstrip(".") if abs(value) < 1 else f"{value:.0f}"
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
-def csv_bytes(df: pd.DataFrame) -> bytes:
-    """``df`` as CSV bytes: text cells made formula-safe (:func:`csv_cell`), and file names that are not valid
-    UTF-8 written back as the bytes they were on disk (Python holds them as surrogate escapes)."""
-    from pandas.api.types import is_object_dtype, is_string_dtype
-
-    safe = df.copy()
-    for column in safe.columns:
-        if is_object_dtype(safe[column]) or is_string_dtype(safe[column]):
-            safe[column] = safe[column].map(csv_cell)
-    return safe.to_csv(index=False).encode("utf-8", "surrogateescape")
-
-
-def write_csv(df: pd.DataFrame, path: str | Path) -> None:
-    """Write ``df`` to ``path`` atomically as :func:`csv_bytes`."""
-    data = csv_bytes(df)
-    atomic_write(path, lambda f: f.write(data))
-
-
 def csv_row(row: dict) -> dict:
-    """``row`` with each cell as a CSV writer should get it: None empty, text made formula-safe (:func:`csv_cell`).
+    """``row`` with each cell as a CSV writer should get it: None empty, lists as JSON, text made formula-safe
+    (:func:`csv_cell`).
 
-    >>> csv_row({"file": "=cmd.jpg", "age": 31.5, "error": None})
-    {'file': "'=cmd.jpg", 'age': 31.5, 'error': ''}
+    >>> csv_row({"file": "=cmd.jpg", "age": 31.5, "error": None, "landmarks": [[1.0, 2.0]]})
+    {'file': "'=cmd.jpg", 'age': 31.5, 'error': '', 'landmarks': '[[1.0, 2.0]]'}
     """
-    return {k: csv_cell("" if v is None else v) for k, v in row.items()}
+    return {k: csv_cell("" if v is None else json.dumps(v) if isinstance(v, list | tuple | dict) else v)
+            for k, v in row.items()}
 
 
 def write_rows(rows: list[dict], columns: list[str], path: str | Path) -> None:
     """Write ``rows`` (dicts; keys outside ``columns`` ignored, missing ones empty) to ``path`` atomically as CSV,
-    cells as :func:`csv_bytes` makes them, without pandas (an inference-only install has none)."""
+    cells as :func:`csv_row` makes them, without pandas (an inference-only install has none)."""
     import csv
     import io
 

@@ -26,24 +26,21 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agegender.data import GENDERS, RACES
-from agegender.model_config import ModelConfig
-from agegender.outputs import atomic_write, interrupts_held  # noqa: F401 - interrupts_held is re-exported
+from agegender.data.records import GENDERS, RACES
+from agegender.errors import CheckpointError
+from agegender.io.outputs import atomic_write
+from agegender.model.config import ModelConfig
 
 if TYPE_CHECKING:
-    from agegender.model import AgeGenderNet
+    from agegender.model.network import AgeGenderNet
 
 FORMAT = "agegender"
 FORMAT_VERSION = 1
 
 # The model that ships inside the package (see MODEL_CARD.md); used wherever no checkpoint is named. Its ONNX
 # export (scripts/export_bundled.py) is what inference runs; the checkpoint is for training (--init) and torch.
-BUNDLED_MODEL = Path(__file__).with_name("default_model.pt")
+BUNDLED_MODEL = Path(__file__).parents[1] / "default_model.pt"
 BUNDLED_ONNX = BUNDLED_MODEL.with_suffix(".onnx")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, unsafe, of another format or another architecture."""
 
 
 def resolve_model_path(path: str | Path | None) -> Path:
@@ -156,7 +153,7 @@ def check_resumable(ckpt: dict, path: str | Path) -> None:
 
 def model_from_checkpoint(ckpt: dict) -> AgeGenderNet:
     """Build the network from the config saved in ``ckpt`` and load its weights (strictly)."""
-    from agegender.model import AgeGenderNet
+    from agegender.model.network import AgeGenderNet
 
     try:
         config = ModelConfig.from_dict(dict(ckpt["model_config"]))

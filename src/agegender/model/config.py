@@ -1,4 +1,5 @@
-"""What a network is and how it is fed: :class:`ModelConfig`, saved in every checkpoint and ONNX export.
+"""What a network is and how it is fed: :class:`ModelConfig`, saved in every checkpoint and ONNX export, and its
+:class:`PresetConfig`, the one place where input size, crop, mean and std live.
 
 Torch-free, so that inference with onnxruntime can read an exported model's config without PyTorch.
 """
@@ -8,7 +9,28 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from agegender.preprocess import IMAGENET_MEAN, IMAGENET_STD, PresetConfig
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PresetConfig:
+    """Input geometry and normalisation. ``crop_pct`` is the share of the resized image kept by the crop."""
+
+    image_size: int
+    crop_pct: float
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def resize_size(self) -> int:
+        """Side of the resized image before the crop.
+
+        >>> PresetConfig(image_size=90, crop_pct=0.9).resize_size
+        100
+        """
+        return int(round(self.image_size / self.crop_pct))
+
 
 AGE_HEADS = ("regression", "dldl")
 # Largest input side, hidden head width and age range a model may declare.
@@ -87,4 +109,3 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"model config has unknown keys {sorted(unknown)} (written by a newer agegender?)")
         return cls(**d)
-

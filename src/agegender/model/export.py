@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from agegender.checkpoint import atomic_write
-from agegender.model import AgeGenderNet, ModelConfig
-from agegender.runtime import CONFIG_KEY, INPUT_NAME, OUTPUT_NAMES, SOURCE_KEY, OnnxModel
+from agegender.io.outputs import atomic_write
+from agegender.model.config import ModelConfig
+from agegender.model.network import AgeGenderNet
+from agegender.model.onnx import CONFIG_KEY, INPUT_NAME, OUTPUT_NAMES, SOURCE_KEY, OnnxModel
 
 __all__ = ["ONNX_OPSET", "OUTPUT_NAMES", "OnnxModel", "checkpoint_metadata", "export_checkpoint", "export_onnx"]
 
@@ -91,7 +92,7 @@ def file_sha256(path: str | Path) -> str:
 def export_checkpoint(ckpt_path: str | Path, out: str | Path, opset: int = ONNX_OPSET) -> Path:
     """Export the checkpoint at ``ckpt_path`` (weights, calibration, inference settings, training record and
     the checkpoint's sha256) to ``out``."""
-    from agegender.checkpoint import load_model
+    from agegender.model.checkpoint import load_model
 
     model, ckpt = load_model(ckpt_path)
     return export_onnx(model, out, opset, checkpoint_metadata(ckpt) | {SOURCE_KEY: file_sha256(ckpt_path)})

@@ -14,20 +14,18 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
 
-from agegender.model_config import AGE_HEADS, BACKBONES, ModelConfig
+from agegender.errors import PretrainedWeightsError
+from agegender.model.config import AGE_HEADS, BACKBONES, ModelConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AGE_HEADS", "BACKBONES", "AgeGenderNet", "ModelConfig", "PretrainedWeightsError", "apply_age_map",
            "create_backbone", "map_age"]
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pre-trained weights that are missing, corrupt or do not fit the backbone."""
 
 
 def _hub_checkpoint_path(url: str) -> Path:
@@ -184,3 +182,45 @@ class AgeGenderNet(nn.Module):
         age_norm = self.age_head(feats).squeeze(-1)
         return self._mapped({"age": age_norm * self.age_std + self.age_mean, "age_sigma": torch.ones_like(age_norm),
                              "age_norm": age_norm, "gender_logit": gender_logit})
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The device ``name`` (auto: CUDA, else MPS, else the CPU); ValueError, with what to use instead, for a
+    name torch does not know or a device this machine does not have."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA GPU is available here; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not _mps_available():
+        raise ValueError(f"device {name!r}: MPS is not available here; use --device cpu (or auto)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+class TorchRunner:
+    """A torch network called the way :class:`agegender.model.onnx.OnnxModel` is: a float32 numpy batch
+    ``[N, 3, S, S]`` in, ``{"age", "age_sigma", "gender_logit"}`` numpy ``[N]`` out (on ``device``, in eval mode).
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.config = model.config
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.model(torch.as_tensor(np.asarray(batch, dtype=np.float32)).to(self.device))
+        return {k: out[k].float().cpu().numpy() for k in ("age", "age_sigma", "gender_logit")}

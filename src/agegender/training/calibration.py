@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agegender.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from agegender.data import Record
-from agegender.engine import predict_batches
-from agegender.metrics import (
-    age_interval,
+from agegender.data.records import Record
+from agegender.evaluation.metrics import (
     expected_calibration_error,
     fit_age_map,
     fit_interval_scale,
     interval_coverage,
 )
-from agegender.model import apply_age_map
+from agegender.inference.results import age_interval
+from agegender.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from agegender.model.network import apply_age_map
+from agegender.training.engine import predict_batches
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def calibrate(path: str | Path, loader: Iterable, records: Sequence[Record], dev
     """Fit the age interval on validation predictions of the checkpoint at ``path`` and store it there.
 
     ``age_map``: first fit a quantile map of the age estimates on the same predictions (see
-    :func:`agegender.metrics.fit_age_map`) and store it in the model config; the interval is then fitted
+    :func:`agegender.evaluation.metrics.fit_age_map`) and store it in the model config; the interval is then fitted
     around the mapped ages. Without it any map the checkpoint had is removed.
     """
     ckpt = load_checkpoint(path)

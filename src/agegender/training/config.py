@@ -9,10 +9,11 @@ from pathlib import Path
 
 import yaml
 
-from agegender.cache import CACHE_MODES
-from agegender.losses import AGE_LOSSES
-from agegender.model_config import BACKBONES, MAX_HEAD_HIDDEN, MAX_IMAGE_SIZE
-from agegender.sources import FACE_POLICIES, Source, parse_source, parse_split
+from agegender.data.cache import CACHE_MODES
+from agegender.data.sources import Source, parse_source, parse_split
+from agegender.faces.loader import FACE_POLICIES
+from agegender.model.config import BACKBONES, MAX_HEAD_HIDDEN, MAX_IMAGE_SIZE
+from agegender.training.losses import AGE_LOSSES
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle")
@@ -171,7 +172,7 @@ class TrainConfig:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        from agegender.outputs import atomic_write
+        from agegender.io.outputs import atomic_write
 
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         atomic_write(path, lambda f: f.write(text.encode()))

@@ -15,14 +15,15 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
-from agegender.data import Record
-from agegender.distributed import DistInfo
-from agegender.images import ImageReadError, open_image
+from agegender.data.records import Record
+from agegender.errors import ImageReadError
+from agegender.io.images import open_image
+from agegender.training.distributed import DistInfo
 
 log = logging.getLogger(__name__)
 
 
-def default_workers(requested: int) -> int:
+def loader_workers(requested: int) -> int:
     """``requested``, or for -1: none on machines of 1-2 cores (a loader process there only takes CPU from
     the model; measured in benchmarks/throughput.py), else one per core but one, at most 8."""
     if requested >= 0:

@@ -11,35 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stops so a bad update never reaches a checkpoint."""
-
-
-def _mps_available() -> bool:
-    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """The device ``name`` (auto: CUDA, else MPS, else the CPU); ValueError, with what to use instead, for a
-    name torch does not know or a device this machine does not have."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if _mps_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: no CUDA GPU is available here; use --device cpu (or auto)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    if device.type == "mps" and not _mps_available():
-        raise ValueError(f"device {name!r}: MPS is not available here; use --device cpu (or auto)")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {name!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
-    return device
+from agegender.errors import NonFiniteLossError
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -188,17 +160,3 @@ def predict_batches(
             "p_female": np.concatenate(probs)}
 
 
-class TorchRunner:
-    """A torch network called the way :class:`agegender.runtime.OnnxModel` is: a float32 numpy batch
-    ``[N, 3, S, S]`` in, ``{"age", "age_sigma", "gender_logit"}`` numpy ``[N]`` out (on ``device``, in eval mode).
-    """
-
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        self.model = model.to(device).eval()
-        self.device = device
-        self.config = model.config
-
-    @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.model(torch.as_tensor(np.asarray(batch, dtype=np.float32)).to(self.device))
-        return {k: out[k].float().cpu().numpy() for k in ("age", "age_sigma", "gender_logit")}

@@ -129,7 +129,7 @@ class MultiTaskLoss(torch.nn.Module):
 
 
 def distillation_loss(out: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], std: float) -> torch.Tensor:
-    """How far the student's outputs are from :func:`agegender.engine.teacher_targets`: KL(teacher || student)
+    """How far the student's outputs are from :func:`agegender.training.engine.teacher_targets`: KL(teacher || student)
     over the age bins plus the L1 gap of the expected ages in units of ``std`` (dldl), or the squared gap of the
     normalised ages (regression); plus binary cross-entropy against the teacher's p_female. A student equal to its
     teacher scores the teacher's own entropy, which has no gradient.

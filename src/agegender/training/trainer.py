@@ -22,31 +22,31 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from agegender import sources as S
-from agegender.cache import build_cache
-from agegender.calibration import calibrate
-from agegender.checkpoint import (
-    CheckpointError,
-    atomic_write,
+from agegender.data import sources as S
+from agegender.data.cache import build_cache
+from agegender.data.records import Record, data_fingerprint
+from agegender.errors import CheckpointError, DataError
+from agegender.evaluation.evaluate import predictions_frame
+from agegender.evaluation.metrics import summarize
+from agegender.evaluation.plots import training_curves
+from agegender.io.outputs import atomic_write, interrupts_held
+from agegender.model.checkpoint import (
     check_resumable,
-    interrupts_held,
     load_checkpoint,
     load_model,
     make_checkpoint,
     resolve_model_path,
     save_checkpoint,
 )
-from agegender.config import TrainConfig
-from agegender.data import DataError, Record, data_fingerprint
-from agegender.datasets import CachedFaceDataset, FaceDataset, concat_datasets, default_workers, make_loader
-from agegender.distributed import DistInfo, barrier, cleanup, gather_predictions, setup
-from agegender.engine import predict_batches, resolve_device, train_one_epoch
-from agegender.evaluate import predictions_frame
-from agegender.losses import DistillLoss, MultiTaskLoss, age_balance_weights
-from agegender.metrics import summarize
-from agegender.model import AgeGenderNet, ModelConfig
-from agegender.plots import training_curves
-from agegender.transforms import decode_preset, eval_preset, train_preset
+from agegender.model.config import ModelConfig
+from agegender.model.network import AgeGenderNet, resolve_device
+from agegender.training.calibration import calibrate
+from agegender.training.config import TrainConfig
+from agegender.training.datasets import CachedFaceDataset, FaceDataset, concat_datasets, loader_workers, make_loader
+from agegender.training.distributed import DistInfo, barrier, cleanup, gather_predictions, setup
+from agegender.training.engine import predict_batches, train_one_epoch
+from agegender.training.losses import DistillLoss, MultiTaskLoss, age_balance_weights
+from agegender.training.transforms import decode_preset, eval_preset, train_preset
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def init_model_config(init: dict, cfg: TrainConfig) -> ModelConfig:
 
 def build_loaders(st: TrainState) -> None:
     cfg, device = st.cfg, st.device
-    workers = default_workers(cfg.num_workers)
+    workers = loader_workers(cfg.num_workers)
     preset = st.model.config.preset
     pairs = [make_datasets(cfg, p.source, preset, p.train, p.val, st.info, st.progress) for p in st.parts]
     st.unreadable = sum(int((~ds.readable).sum()) for pair in pairs for ds in pair if isinstance(ds, CachedFaceDataset))
@@ -544,7 +544,7 @@ def calibrate_best(st: TrainState) -> None:
     barrier(st.info)
     if st.info.is_main:
         # Rank 0 alone sees the whole validation subset here, so the loader is not sharded.
-        loader = make_loader(st.val_ds, cfg.batch_size * 2, False, default_workers(cfg.num_workers), st.device)
+        loader = make_loader(st.val_ds, cfg.batch_size * 2, False, loader_workers(cfg.num_workers), st.device)
         try:
             calibrate(run.best, loader, st.val_recs, st.device, cfg.interval_coverage, st.progress, cfg.age_map)
         except KeyboardInterrupt:

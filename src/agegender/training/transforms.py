@@ -15,16 +15,9 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from agegender.images import as_pil
-from agegender.preprocess import (  # noqa: F401 - degrade_fixed is re-exported
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    PresetConfig,
-    center_crop,
-    degrade_fixed,
-    normalise,
-    resize_crop,
-)
+from agegender.inference.preprocess import center_crop, normalise, resize_crop
+from agegender.io.images import as_pil
+from agegender.model.config import IMAGENET_MEAN, IMAGENET_STD, PresetConfig
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PresetConfig", "decode_preset", "eval_preset", "train_preset"]
 

@@ -25,7 +25,8 @@ try:  # the video extra; an inference-only install has none, and says so when a 
 except ImportError:
     cv2 = None
 
-from agegender.images import as_rgb_array  # noqa: E402
+from agegender.errors import VideoError
+from agegender.io.images import as_rgb_array  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,6 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".m
 WRITE_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
 # Frames a container may over-declare without the file being damaged (counts estimated from the duration).
 COUNT_SLACK = 2
-
-
-class VideoError(ValueError):
-    """The video cannot be opened, or ends before the frames its container declares (truncated or damaged)."""
 
 
 def _need_opencv() -> None:

@@ -1,14 +1,12 @@
 """One video file in; out: a row per face per analysed frame, a row per track, and optionally an annotated copy.
 
-Frame rows are written as they come (CSV: flushed after every frame), so an interrupted or failing run keeps
-every row of the frames before it; the track rows and the annotated video are finished on the way out, after an
-interruption or a damaged frame too.
+Frame rows stream into their file as frames are analysed (:class:`agegender.io.sinks.RowSink`), so a long clip
+holds no rows in memory; the track rows and the annotated video are finished on the way out, and every output is
+put in place after an interruption or a damaged frame too, with the rows of every frame before it.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -18,77 +16,33 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from agegender.outputs import csv_row
-from agegender.predictor import Predictor
-from agegender.tracking import TrackedFrame, TrackEstimate
-from agegender.video import VideoError, VideoReader, VideoWriter, write_codec
+from agegender.errors import VideoError
+from agegender.inference.batch import PHOTO_COLUMNS, face_row
+from agegender.inference.predictor import Predictor
+from agegender.inference.results import TrackedFrame, TrackEstimate, rounded
+from agegender.io.sinks import RowSink, check_rows_path
+from agegender.video.clips import VideoReader, VideoWriter, write_codec
+from agegender.video.tracking import track
 
 log = logging.getLogger(__name__)
 
-FRAME_COLUMNS = ["file", "frame", "time_s", "track", "face", "box_x1", "box_y1", "box_x2", "box_y2", "det_score",
-                 "age", "age_low", "age_high", "age_sigma", "gender", "p_female"]
+# A photo row's face columns, with where in the clip and which person.
+FRAME_COLUMNS = ["file", "frame", "time_s", "track", *PHOTO_COLUMNS[1:PHOTO_COLUMNS.index("status")]]
 TRACK_COLUMNS = ["file", "track", "first_frame", "last_frame", "first_time_s", "last_time_s", "frames", "age",
                  "age_low", "age_high", "age_sigma", "gender", "p_female"]
-# Digits kept in the output, for reading; the library's objects keep full precision.
-DIGITS = {"time_s": 3, "first_time_s": 3, "last_time_s": 3, "age": 2, "age_low": 2, "age_high": 2,
-          "age_sigma": 3, "p_female": 5, "det_score": 4}
-
-
-def check_rows_path(path: str | Path) -> Path:
-    """``path`` if rows can be written there (.csv or .json), else ValueError."""
-    path = Path(path)
-    if path.suffix.lower() not in (".csv", ".json"):
-        raise ValueError(f"{path.name}: rows are written to .csv or .json files")
-    return path
-
-
-class RowWriter:
-    """Rows (dicts) to ``path``: a ``.csv`` is written and flushed as rows come; a ``.json`` list on close."""
-
-    def __init__(self, path: str | Path, columns: list[str]) -> None:
-        self.path, self.columns, self.rows = check_rows_path(path), columns, 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._json: list[dict] | None = [] if self.path.suffix.lower() == ".json" else None
-        self._file = None
-        if self._json is None:
-            # Names that are not valid UTF-8 are written back as the bytes they were, as outputs.write_rows does.
-            self._file = open(self.path, "w", newline="", encoding="utf-8",  # noqa: SIM115 - closed in close()
-                              errors="surrogateescape")
-            self._csv = csv.DictWriter(self._file, columns, extrasaction="ignore")
-            self._csv.writeheader()
-
-    def write(self, rows: list[dict]) -> None:
-        rows = [{k: round(v, DIGITS[k]) if k in DIGITS and v is not None else v for k, v in r.items()
-                 if k in self.columns} for r in rows]
-        self.rows += len(rows)
-        if self._json is not None:
-            self._json.extend({k: v for k, v in r.items() if v is not None} for r in rows)
-            return
-        self._csv.writerows(csv_row(r) for r in rows)
-        self._file.flush()
-
-    def close(self) -> None:
-        if self._json is not None:
-            self.path.write_text(json.dumps(self._json, indent=2))
-        elif self._file is not None:
-            self._file.close()
 
 
 def frame_rows(file: str, frame: TrackedFrame) -> list[dict]:
     """The rows of one analysed frame: one per face, with its track."""
-    rows = []
-    for tracked in frame.faces:
-        face = tracked.face.to_dict()
-        x1, y1, x2, y2 = face.pop("box")
-        rows.append({**face, "file": file, "frame": frame.index, "time_s": frame.time_s, "track": tracked.track,
-                     "box_x1": x1, "box_y1": y1, "box_x2": x2, "box_y2": y2})
-    return rows
+    return [{**face_row(file, tracked.face), "frame": frame.index, "time_s": rounded("time_s", frame.time_s),
+             "track": tracked.track} for tracked in frame.faces]
 
 
 def track_rows(file: str, tracks: dict[int, TrackEstimate], fps: float) -> list[dict]:
     """One row per track: its frame range (and times), frames used and combined estimate."""
-    return [{**estimate.to_dict(), "file": file, "first_time_s": estimate.first_frame / fps,
-             "last_time_s": estimate.last_frame / fps} for _, estimate in sorted(tracks.items())]
+    return [{**estimate.to_dict(), "file": file, "first_time_s": rounded("first_time_s", estimate.first_frame / fps),
+             "last_time_s": rounded("last_time_s", estimate.last_frame / fps)}
+            for _, estimate in sorted(tracks.items())]
 
 
 @dataclass
@@ -123,7 +77,7 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
         write_codec(annotate)
     reader = VideoReader(path)
     info, file, run = reader.info, str(path), VideoRun()
-    frames_out, tracks_writer, tracks = RowWriter(out, FRAME_COLUMNS), RowWriter(tracks_out, TRACK_COLUMNS), {}
+    frames_out, tracks_writer, tracks = RowSink(out, FRAME_COLUMNS), RowSink(tracks_out, TRACK_COLUMNS), {}
     writer = VideoWriter(annotate, info.fps, (info.width, info.height)) if annotate else None
     start = time.perf_counter()
     bar = tqdm(total=info.frames or None, desc=Path(path).name, unit="frame", disable=None if progress else True,
@@ -138,7 +92,7 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
             yield pixels
 
     try:
-        for frame in predictor.track(frames(), every=every, fps=info.fps, ahead=video_ahead(predictor)):
+        for frame in track(predictor, frames(), every=every, fps=info.fps, ahead=video_ahead(predictor)):
             run.frames += 1
             tracks = frame.tracks
             if frame.analysed:
@@ -166,6 +120,6 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
 def _write_annotated(writer: VideoWriter, pixels: np.ndarray, frame: TrackedFrame) -> None:
     from PIL import Image
 
-    from agegender.annotate import draw_tracks
+    from agegender.inference.annotate import draw_tracks
 
     writer.write(draw_tracks(Image.fromarray(pixels), frame.faces))

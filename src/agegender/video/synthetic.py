@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agegender.images import ImageInput, as_pil, as_rgb_array
+from agegender.io.images import ImageInput, as_pil, as_rgb_array
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ were independent, but they are not: much of an estimate's error belongs to the p
 the camera) and repeats in every frame. With errors correlated ``rho`` between any two frames, the spread of the
 weighted mean is ``sqrt(((1 - rho) W + rho Q^2) / W^2)`` with ``Q = sum(1 / s_i)``: ``rho = 0`` gives the
 independent ``W^-1/2``, ``rho = 1`` no gain at all from more frames of one person. The interval is ``age -+ scale *
-spread`` with the model's calibrated single-image scale (:func:`agegender.metrics.age_interval`). Gender is the
-mean of the frames' logits (the log-odds ``log(p / (1 - p))``), mapped back to a probability: the gender head is
+spread`` with the model's calibrated single-image scale (:func:`agegender.inference.results.age_interval`). Gender
+is the mean of the frames' logits (the log-odds ``log(p / (1 - p))``), mapped back to a probability: the gender head
+is
 calibrated per image, and summing logits instead would count correlated frames as independent evidence and drive
 every track towards certainty.
 """
@@ -27,19 +28,32 @@ every track towards certainty.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agegender.data import GENDERS
-from agegender.metrics import age_interval
-from agegender.predictor import FacePrediction, Prediction
+from agegender.compute.pools import thread_pool
+from agegender.data.records import GENDERS
+from agegender.inference.results import (
+    FacePrediction,
+    Prediction,
+    TrackedFace,
+    TrackedFrame,
+    TrackEstimate,
+    age_interval,
+)
+from agegender.io.images import ImageInput
+
+if TYPE_CHECKING:
+    from agegender.inference.predictor import Predictor
 
 # Correlation of one person's age errors between two frames, used for a track's spread (see the module
 # docstring): the intraclass correlation of the bundled model's age errors over 100 tracks of 8 augmented views of
-# one validation image each, measured on 2026-11-29 with
-#   python benchmarks/video.py tracks --data /work/shared/datasets/utkface --n 100 --views 8
+# one validation image each, measured with
+#   python benchmarks/video.py tracks --data UTKFACE_DIR --n 100 --views 8
 # (0.95; the per-track 80% interval then held in 81% of tracks, against 64% with rho 0.5 and 29% with rho 0).
 # Consecutive video frames of one person are at least as alike as those views, so this is not pessimistic.
 FRAME_CORRELATION = 0.95
@@ -111,48 +125,6 @@ def combine(ages: Sequence[float], sigmas: Sequence[float], p_females: Sequence[
     for a, s, p in zip(ages, sigmas, p_females, strict=True):
         evidence.add(a, s, p)
     return evidence.prediction(rho, interval_scale)
-
-
-@dataclass(frozen=True)
-class TrackEstimate:
-    """A track's combined estimate over its first ``frames`` analysed frames, ``first_frame`` to ``last_frame``
-    (indices into the video)."""
-
-    track: int
-    first_frame: int
-    last_frame: int
-    frames: int
-    prediction: Prediction
-
-    def to_dict(self) -> dict:
-        return {"track": self.track, "first_frame": self.first_frame, "last_frame": self.last_frame,
-                "frames": self.frames, **self.prediction.to_dict()}
-
-
-@dataclass(frozen=True)
-class TrackedFace:
-    """One face of one frame: the detection and its own estimate (``face``), the track it belongs to, and that
-    track's running estimate with this frame included."""
-
-    track: int
-    face: FacePrediction
-    estimate: TrackEstimate
-
-    def to_dict(self) -> dict:
-        return {"track": self.track, **self.face.to_dict(), "track_estimate": self.estimate.to_dict()}
-
-
-@dataclass(frozen=True)
-class TrackedFrame:
-    """What :meth:`agegender.predictor.Predictor.track` yields for each frame. ``analysed``: faces were detected
-    in this frame; on frames skipped by ``every`` it is False and ``faces`` are the last analysed frame's (boxes
-    not moved). ``tracks``: the running estimate of every track so far, by track number."""
-
-    index: int
-    time_s: float | None
-    analysed: bool
-    faces: list[TrackedFace]
-    tracks: dict[int, TrackEstimate] = field(default_factory=dict)
 
 
 def box_distance(candidates: np.ndarray, objects: np.ndarray) -> np.ndarray:
@@ -253,3 +225,54 @@ class FaceTracks:
     def estimates(self) -> dict[int, TrackEstimate]:
         """The running estimate of every track so far, by track number (a new dict)."""
         return dict(self._estimates)
+
+
+def track(predictor: Predictor, frames: Iterable[ImageInput], every: int = 1, fps: float | None = None,
+          tracks: FaceTracks | None = None, ahead: int = 0) -> Iterator[TrackedFrame]:
+    """Follow the faces of a video: ``frames`` (an iterable of photos, in order) in, one :class:`TrackedFrame` out
+    per frame, in order: its faces with their track number and each track's running estimate. Faces are detected
+    by ``predictor`` in every ``every``-th frame (the first included); ``fps`` gives each frame's time; ``tracks``
+    continues an existing :class:`FaceTracks` (by default a new one with the predictor's interval scale).
+
+    ``ahead``: analysed frames read and searched for faces ahead of the one being linked, on ``ahead`` threads (a
+    frame costs what a photo costs, so a video file keeps every core busy this way); 0 handles each frame as it
+    comes, for a live source that has no next frame yet. If ``frames`` fails part-way, the frames read before
+    the failure are still answered, then the error is raised."""
+    if every < 1 or ahead < 0:
+        raise ValueError(f"every must be >= 1 and ahead >= 0, got {every} and {ahead}")
+    tracks = tracks or FaceTracks(predictor.interval_scale, every=every)
+    faces: list[TrackedFace] = []
+
+    def detect(frame: ImageInput) -> list[FacePrediction]:
+        return predictor.predict_faces([frame])[0]
+
+    def link(index: int, found: list[FacePrediction] | None) -> TrackedFrame:
+        nonlocal faces
+        if found is not None:
+            faces = tracks.update(index, found)
+        return TrackedFrame(index, index / fps if fps else None, found is not None, faces, tracks.estimates())
+
+    if ahead == 0:
+        for index, frame in enumerate(frames):
+            yield link(index, detect(frame) if index % every == 0 else None)
+        return
+    pool, pending = thread_pool(ahead), deque()
+    source, error = enumerate(frames), None
+    while True:
+        try:
+            index, frame = next(source)
+        except StopIteration:
+            break
+        except Exception as e:  # noqa: BLE001 - the source broke off: what it gave before is answered first
+            error = e
+            break
+        pending.append((index, pool.submit(detect, frame) if index % every == 0 else None))
+        # Up to ``ahead`` analysed frames in flight (with the skipped frames between them).
+        while sum(work is not None for _, work in pending) > ahead or len(pending) > ahead * every:
+            index, work = pending.popleft()
+            yield link(index, None if work is None else work.result())
+    while pending:
+        index, work = pending.popleft()
+        yield link(index, None if work is None else work.result())
+    if error is not None:
+        raise error

@@ -1,0 +1,33 @@
+"""Front doors that import on first use: a subpackage names its public objects without importing its modules,
+so that ``import agegender.io`` stays cheap and a torch-free install can import every torch-free door.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``(__getattr__, __dir__)`` for ``package``: ``exports`` maps each public name to the module of the package
+    that defines it (``{"open_image": "images"}``); the module is imported the first time the name is asked for.
+
+    >>> getattr_, dir_ = lazy_exports("agegender.errors_demo", {"one_line": "x"})
+    >>> dir_()
+    ['one_line']
+    >>> getattr_("missing")
+    Traceback (most recent call last):
+    ...
+    AttributeError: module 'agegender.errors_demo' has no attribute 'missing'
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+
+    def __dir__() -> list[str]:
+        return sorted(exports)
+
+    return __getattr__, __dir__

@@ -1,0 +1,5 @@
+import sys
+
+from agegender.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,122 @@
+"""Rows out: one writer for every command's CSV or JSON rows (photos, video frames, video tracks).
+
+Rows stream into ``OUT.partial`` beside the output as they come (flushed after every call: a long run holds no
+rows in memory, and ``tail -f`` shows them) and :meth:`RowSink.close` moves the finished file to ``OUT``: the
+output path never holds a torn file, and a run stopped by an error or Ctrl-C still gets every row it made,
+because ``close`` runs on the way out (``with row_sink(...)``). A run killed outright leaves its rows in
+``OUT.partial``. Cells are written as :func:`agegender.io.outputs.csv_row` makes them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import textwrap
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+from agegender.errors import OutputError, one_line
+from agegender.io.outputs import NAME_MAX, csv_row, interrupts_held
+
+ROW_SUFFIXES = (".csv", ".json")
+
+
+def check_rows_path(path: str | Path) -> Path:
+    """``path`` if rows can be written there (a ``.csv`` or ``.json`` name), else :class:`OutputError`.
+
+    >>> check_rows_path("out/preds.CSV").name
+    'preds.CSV'
+    """
+    path = Path(path)
+    if path.suffix.lower() not in ROW_SUFFIXES:
+        raise OutputError(f"{path.name}: rows are written to .csv or .json files")
+    return path
+
+
+def partial_path(path: Path) -> Path:
+    """Where a :class:`RowSink` writes until it is closed: ``OUT.partial``, or a shorter name when ``OUT`` is near
+    the file-name limit.
+
+    >>> partial_path(Path("runs/preds.csv")).name
+    'preds.csv.partial'
+    """
+    name = path.name + ".partial"
+    return path.with_name(name if len(os.fsencode(name)) <= NAME_MAX else f".{path.name[:64]}.partial")
+
+
+class RowSink:
+    """Rows (dicts) to ``path``, a ``.csv`` (the ``columns``, in order; a missing key is an empty cell, other keys
+    are left out) or a ``.json`` list of objects (the ``columns`` that are not None). See the module docstring."""
+
+    def __init__(self, path: str | Path, columns: list[str]) -> None:
+        self.path, self.columns, self.rows = check_rows_path(path), list(columns), 0
+        self._json = self.path.suffix.lower() == ".json"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = partial_path(self.path)
+        # Names that are not valid UTF-8 are written back as the bytes they were on disk.
+        self._file: TextIO | None = open(self._tmp, "w", newline="", encoding="utf-8",  # noqa: SIM115 - see close()
+                                         errors="surrogateescape")
+        if self._json:
+            self._guarded(lambda f: f.write("["))
+        else:
+            self._csv = csv.DictWriter(self._file, self.columns, restval="", extrasaction="ignore",
+                                       lineterminator="\n")
+            self._guarded(lambda f: self._csv.writeheader())
+
+    def _guarded(self, write) -> None:
+        """Run ``write`` on the open file and flush; a failure (a full disk) is an :class:`OutputError` that names
+        the output and how many rows reached it."""
+        try:
+            write(self._file)
+            self._file.flush()
+        except OSError as e:
+            raise OutputError(f"{self.path}: cannot write rows ({one_line(e)}); {self.rows} rows were written "
+                              f"before, the rest of this run's rows are lost") from None
+
+    def write(self, rows: Iterable[dict]) -> None:
+        rows = [{k: r.get(k) for k in self.columns} for r in rows]
+        if not rows:
+            return
+        if self._json:
+            objects = (json.dumps({k: v for k, v in r.items() if v is not None}, indent=2) for r in rows)
+            text = ",\n".join(textwrap.indent(o, "  ") for o in objects)
+            self._guarded(lambda f: f.write(("\n" if self.rows == 0 else ",\n") + text))
+        else:
+            self._guarded(lambda f: self._csv.writerows(csv_row(r) for r in rows))
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        """Finish the file and move it into place (idempotent)."""
+        if self._file is None:
+            return
+        with interrupts_held():
+            try:
+                if self._json:
+                    self._guarded(lambda f: f.write("\n]\n" if self.rows else "]\n"))
+                self._guarded(lambda f: os.fsync(f.fileno()))
+                self._file.close()
+                self._file = None
+                os.replace(self._tmp, self.path)
+            except BaseException:
+                self.discard()
+                raise
+
+    def discard(self) -> None:
+        """Drop the temporary file without touching ``path`` (an output refused before any row was made)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def row_sink(path: str | Path, columns: list[str]) -> Iterator[RowSink]:
+    """A :class:`RowSink` closed (its rows put in place) however the block ends."""
+    sink = RowSink(path, columns)
+    try:
+        yield sink
+    finally:
+        sink.close()
