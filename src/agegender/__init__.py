@@ -1,21 +1,16 @@
-"""agegender: age and gender estimation from face images."""
+"""agegender: age and gender estimation from face images.
 
-from __future__ import annotations
+The front door: ``from agegender import Predictor``. Each subpackage has its own (``agegender.faces``,
+``agegender.video``, ...); nothing is imported until it is used, so ``agegender --help`` stays fast and the
+training code (torch) is never loaded by inference.
+"""
 
-from typing import TYPE_CHECKING
+from agegender._lazy import lazy_exports
 
 __version__ = "0.1.0"
-__all__ = ["Prediction", "Predictor", "__version__"]
-
-if TYPE_CHECKING:
-    from agegender.inference.predictor import Predictor
-    from agegender.inference.results import Prediction
-
-
-def __getattr__(name: str):
-    # Imported on first use, so that `agegender --help` and the training modules do not load the predictor.
-    if name in ("Prediction", "Predictor"):
-        from agegender import predictor
-
-        return getattr(predictor, name)
-    raise AttributeError(f"module 'agegender' has no attribute {name!r}")
+_EXPORTS = {
+    "Predictor": "inference.predictor", "Prediction": "inference.results", "FacePrediction": "inference.results",
+    "PhotoPrediction": "inference.results", "predict_files": "inference.batch", "track": "video.tracking",
+}
+__all__ = [*sorted(_EXPORTS), "__version__"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

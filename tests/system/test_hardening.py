@@ -46,6 +46,7 @@ def _default_sigint() -> None:
     inherits that)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_and_mid_write_then_resume(face_dir: Path, tmp_path: Path,
                                                             tiny_train_argv) -> None:
     run, epochs = tmp_path / "run", 10
@@ -84,6 +85,7 @@ def test_sigkill_at_random_moments_and_mid_write_then_resume(face_dir: Path, tmp
     assert not list(run.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_last_complete_epoch_and_exits_130(face_dir: Path, tmp_path: Path, tiny_train_argv) -> None:
     run = tmp_path / "run"
     assert main(tiny_train_argv(face_dir, run, "--cache", "memory")) == 0
@@ -177,6 +179,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(face_dir: Path, 
         assert not Path(_Payload.marker).exists(), name
 
 
+@pytest.mark.slow
 def test_bad_inputs_through_scan_train_evaluate_predict(bad_corpus: tuple[Path, dict], tmp_path: Path,
                                                         tiny_train_argv) -> None:
     data, names = bad_corpus

@@ -4,6 +4,7 @@ during its final calibration is repaired by --resume."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ def _rows_by_name(path: Path) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_hostile_corpus_through_scan_train_evaluate_predict(hostile_corpus: tuple[Path, dict], tmp_path: Path,
                                                             tiny_train_argv) -> None:
     data, cases = hostile_corpus
@@ -59,6 +61,7 @@ def test_hostile_corpus_through_scan_train_evaluate_predict(hostile_corpus: tupl
             assert set(statuses) <= expected, (cases[name][0], statuses)
 
 
+@pytest.mark.slow
 def test_a_predict_process_prints_no_traceback_on_the_corpus(hostile_corpus: tuple[Path, dict], trained_run: Path,
                                                             tmp_path: Path) -> None:
     data, cases = hostile_corpus
@@ -233,7 +236,9 @@ def test_user_errors_exit_2_in_one_line(trained_run: Path, face_dir: Path, tmp_p
     (["serve", "--port", "70000"], "argument --port: expected int 0-65535, got '70000'"),
     (["serve", "--timeout", "nan"], "argument --timeout: expected float > 0, got 'nan'"),
     (["predict", "x.jpg", "--out", "p.csv", "--det-threshold", "2"], "expected float 0-1, got '2'"),
-    (["train", "--data", "d", "--out", "o", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
+    pytest.param(["train", "--data", "d", "--out", "o", "--epochs", "many"],
+                 "argument --epochs: invalid int value: 'many'", marks=pytest.mark.skipif(
+                     importlib.util.find_spec("torch") is None, reason="train's options need the training extra")),
 ])
 def test_bad_numbers_are_one_line_usage_errors(argv: list[str], expected: str,
                                                capsys: pytest.CaptureFixture) -> None:
@@ -263,6 +268,7 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["write_metrics", "calibrate"])
 def test_a_run_killed_after_its_last_epoch_is_finished_by_resume(where: str, face_dir: Path, tmp_path: Path,
                                                                  tiny_train_argv) -> None:

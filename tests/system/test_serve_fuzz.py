@@ -84,6 +84,7 @@ def default_server(trained_run: Path):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_fuzz(server) -> None:
     port, proc = server
     rng = random.Random(0)
@@ -127,6 +128,7 @@ def test_fuzz(server) -> None:
     assert _rss_mb(proc.pid) - rss_before < 50
 
 
+@pytest.mark.slow
 def test_every_bad_input_file_gets_a_clean_answer(server, bad_corpus: tuple[Path, dict]) -> None:
     port, proc = server
     data, names = bad_corpus
@@ -139,6 +141,7 @@ def test_every_bad_input_file_gets_a_clean_answer(server, bad_corpus: tuple[Path
     assert _request(port, "GET", "/healthz") == 200
 
 
+@pytest.mark.slow
 def test_the_default_server_predicts_one_request_per_core_side_by_side(default_server) -> None:
     """`agegender serve` without --workers / --max-batch: one worker per core, one request each (batches of
     photos measured slower on CPU, benchmarks/load.py); the limits are reported by /v1/model."""
@@ -153,6 +156,7 @@ def test_the_default_server_predicts_one_request_per_core_side_by_side(default_s
     assert limits["workers"] == default_threads() and limits["max_batch"] == 1
 
 
+@pytest.mark.slow
 def test_the_default_server_keeps_its_memory_under_concurrent_load(default_server) -> None:
     """Eight clients at once, on every worker: the resident memory after 48 photos stays within 50 MB of that
     after the first (issue 14's bound for 500; before the shared arena, no memory patterns and trimming it

@@ -163,6 +163,7 @@ def server(request, trained_run: Path):
     assert "Traceback" not in err, err[-3000:]
 
 
+@pytest.mark.slow
 def test_the_corpus_at_a_real_server_leaves_memory_flat(server, hostile_cases: dict) -> None:
     port, proc = server
     warm = next(data for data, expected in hostile_cases.values() if expected == "ok")

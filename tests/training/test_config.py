@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("torch", reason="needs PyTorch: pip install 'agegender[train]'")
+
+import yaml
 
 from agegender.training.config import TrainConfig
 

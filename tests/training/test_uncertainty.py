@@ -152,6 +152,7 @@ def test_model_applies_its_age_map_to_age_and_spread() -> None:
     assert torch.isfinite(b["age_sigma"]).all() and (b["age_sigma"] > 0).all()
 
 
+@pytest.mark.slow
 def test_training_with_age_map_stores_it_and_calibrates_around_it(face_dir: Path, tmp_path: Path,
                                                                   tiny_train_argv) -> None:
     run = tmp_path / "run"

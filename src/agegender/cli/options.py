@@ -149,6 +149,17 @@ def _add_model_options(p: argparse.ArgumentParser, device: str) -> None:
                    "torch")
 
 
+def _add_run_options(p: argparse.ArgumentParser, batch_size: int, batch_help: str, workers_help: str,
+                     device: str) -> None:
+    """The options of a command that runs a model over many images: batch size, threads, model, logging."""
+    p.add_argument("--batch-size", type=_number(int, 1), default=batch_size,
+                   help=f"{batch_help} (default {batch_size})")
+    p.add_argument("--workers", type=_number(int, 0), default=0,
+                   help=f"{workers_help} (default 0 = one per core, at most 4)")
+    _add_model_options(p, device)
+    _add_common(p)
+
+
 def _add_max_faces(p: argparse.ArgumentParser, what_then: str) -> None:
     from agegender.inference.predictor import DEFAULT_MAX_FACES
 
@@ -212,11 +223,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--subset", default="test", choices=SUBSETS, help="subset (default test)")
     e.add_argument("--out", required=True, help="REPORT.json to write")
     e.add_argument("--predictions", help="PREDS.csv to write (default: beside REPORT.json)")
-    e.add_argument("--batch-size", type=_number(int, 1), default=128, help="images read per step (default 128)")
-    e.add_argument("--workers", type=_number(int, 0), default=0,
-                   help="threads that read the images (default 0 = one per core, at most 4)")
-    _add_model_options(e, "auto")
-    _add_common(e)
+    _add_run_options(e, 128, "images read per step", "threads that read the images", "auto")
 
 
 def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
@@ -243,11 +250,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--det-threshold", type=_number(float, 0, 1), default=0.7,
                    help="minimum detector score of the final stage (default 0.7)")
     _add_max_faces(p, "a photo with more gets a faces_dropped row")
-    p.add_argument("--batch-size", type=_number(int, 1), default=16, help="images per network call (default 16)")
-    p.add_argument("--workers", type=_number(int, 0), default=0,
-                   help="threads that decode, detect and predict side by side (default 0 = one per core, at most 4)")
-    _add_model_options(p, "cpu")
-    _add_common(p)
+    _add_run_options(p, 16, "images per network call", "threads that decode, detect and predict side by side", "cpu")
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ a heap stay resident until ``malloc_trim``. Measured in-process on this project'
 having predicted astronaut.png, then 900 more photos (onnxruntime without memory patterns, one shared arena:
 :func:`agegender.compute.runtime.session`): resident 190 MiB; with :func:`limit_arenas` (1) 175 MiB; with
 :func:`release_free_memory` as well 145 MiB, at the same CPU time per photo. The service does both
-(``agegender serve``; README, "Service under load").
+(``agegender serve``; docs/service.md, "Service under load").
 
 Everything here is a no-op, returning False, where the C library is not glibc (musl, macOS, Windows).
 """

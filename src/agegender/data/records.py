@@ -166,7 +166,7 @@ def scan_utkface(root: str | Path) -> ScanResult:
     if not records:
         raise DataError(
             f"no labelled UTKFace image found under {root} ({len(skipped)} unusable files). Expected names like "
-            "26_1_2_20170116174525125.jpg.chip.jpg; see the README for how to download UTKFace."
+            "26_1_2_20170116174525125.jpg.chip.jpg; see docs/data.md for how to download UTKFace."
         )
     (log.warning if skipped else log.info)("%s: %s", root, result.summary())
     return result

@@ -1,7 +1,7 @@
 """Evaluation: a predictor run over labelled records, scored overall and by group, and written as a report.
 
 Used by ``agegender evaluate``, the benchmarks and training's validation, so that every figure of the project
-comes from the same code. Prediction here needs no torch (see :mod:`agegender.predictor`); the report needs
+comes from the same code. Prediction here needs no torch (see :mod:`agegender.inference.predictor`); the report needs
 pandas, and its plots matplotlib.
 """
 

@@ -25,6 +25,8 @@ from agegender.io.images import as_rgb_array
 
 WEIGHTS_DIR = Path(__file__).parents[1] / "weights" / "mtcnn"
 DETECTOR_RUNTIMES = ("onnx", "torch")
+# Widths of the outputs of R- and O-Net before their face probability: box offsets[, landmarks].
+NET_OUTPUTS = {"rnet": (4,), "onet": (4, 10)}
 
 
 @dataclass(frozen=True)
@@ -153,14 +155,7 @@ class FaceDetector:
             return no_faces
 
         # Stage 2: R-Net rescores P-Net's proposals and refines their boxes.
-        crops, kept = box_crops(table, boxes, 24)
-        boxes = boxes[kept]
-        if len(boxes) == 0:
-            return no_faces
-        offsets, scores = self.networks("rnet", crops)
-        passed = scores > self.thresholds[1]
-        boxes = np.concatenate([boxes[passed, :4], scores[passed, None]], axis=1)
-        offsets = offsets[passed]
+        boxes, (offsets,) = self._refine(table, boxes, "rnet", 24, self.thresholds[1])
         keep = nms(boxes[:, :4], boxes[:, 4], 0.7)
         boxes = square_boxes(regress_boxes(boxes[keep], offsets[keep]))
         check()
@@ -168,14 +163,7 @@ class FaceDetector:
             return no_faces
 
         # Stage 3: O-Net gives the final score, box and landmarks.
-        crops, kept = box_crops(table, boxes, 48)
-        boxes = boxes[kept]
-        if len(boxes) == 0:
-            return no_faces
-        offsets, marks, scores = self.networks("onet", crops)
-        passed = scores > self.thresholds[2]
-        boxes = np.concatenate([boxes[passed, :4], scores[passed, None]], axis=1)
-        offsets, marks = offsets[passed], marks[passed]
+        boxes, (offsets, marks) = self._refine(table, boxes, "onet", 48, self.thresholds[2])
         # Landmarks are relative to the (1-based) box O-Net saw, hence the +1 on the size and -1 on the origin.
         size = boxes[:, 2:4] - boxes[:, 0:2] + 1
         xs = boxes[:, 0:1] + size[:, 0:1] * marks[:, 0:5] - 1
@@ -184,6 +172,18 @@ class FaceDetector:
         boxes = regress_boxes(boxes, offsets)
         keep = nms(boxes[:, :4], boxes[:, 4], 0.7, overlap="min")
         return boxes[keep], points[keep]
+
+    def _refine(self, table: np.ndarray, boxes: np.ndarray, net: str, size: int,
+                threshold: float) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """R- or O-Net (``net``, input ``size``) on the crops of ``boxes``: the boxes it scores above ``threshold``
+        with its score in column 4, and its other outputs (offsets[, landmarks]) for those boxes."""
+        crops, kept = box_crops(table, boxes, size)
+        if len(kept) == 0:  # every box left the image
+            return np.zeros((0, 5)), tuple(np.zeros((0, n)) for n in NET_OUTPUTS[net])
+        *rest, scores = self.networks(net, crops)
+        passed = scores > threshold
+        return (np.concatenate([boxes[kept][passed, :4], scores[passed, None]], axis=1),
+                tuple(r[passed] for r in rest))
 
     def _propose(self, table: np.ndarray) -> np.ndarray:
         """Stage 1: P-Net over an image pyramid; returns squared candidate boxes (K, 5)."""

@@ -1,4 +1,4 @@
-"""Export to ONNX (needs torch and onnx): the graph and metadata described in :mod:`agegender.runtime`, which
+"""Export to ONNX (needs torch and onnx): the graph and metadata described in :mod:`agegender.model.onnx`, which
 runs the file with onnxruntime alone (:class:`OnnxModel` is importable from here too).
 
 ``onnx`` is an optional dependency, imported only when exporting.

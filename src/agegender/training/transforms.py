@@ -1,5 +1,5 @@
 """Transform presets for training (torch): augmentation, and the decode and evaluation views built on the numpy
-path of :mod:`agegender.preprocess`, where input size, crop, mean and std live (:class:`PresetConfig`).
+path of :mod:`agegender.inference.preprocess`; input size, crop, mean and std live in :class:`PresetConfig`.
 
 Training and inference read these from the model config saved in the checkpoint, so a model is always fed
 exactly as it was trained.

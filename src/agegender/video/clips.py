@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 # FFmpeg's own messages (a missing moov atom, a broken packet) would reach the terminal besides the one-line error
 # this module raises; keep them to fatal ones unless the user asked for another level.
@@ -62,7 +63,21 @@ class VideoInfo:
     frames: int
 
 
-class VideoReader:
+class _Closing:
+    """``with`` closes it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+                 ) -> None:
+        self.close()
+
+
+class VideoReader(_Closing):
     """The frames of a video file, in order: ``for frame in VideoReader(path)`` gives ``(H, W, 3)`` uint8 RGB.
 
     Raises :class:`VideoError` at once when the file cannot be opened, and after the last whole frame when the
@@ -121,13 +136,6 @@ class VideoReader:
     def close(self) -> None:
         self._cap.release()
 
-    def __enter__(self) -> VideoReader:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-                 ) -> None:
-        self.close()
-
 
 def write_codec(path: str | Path) -> str:
     """The codec :class:`VideoWriter` uses for ``path``, by its suffix; :class:`VideoError` for one it cannot write.
@@ -142,7 +150,7 @@ def write_codec(path: str | Path) -> str:
     return WRITE_CODECS[suffix]
 
 
-class VideoWriter:
+class VideoWriter(_Closing):
     """Writes ``(H, W, 3)`` uint8 RGB frames of one size to ``path`` (.mp4, .m4v, .mov or .avi) at ``fps``.
     Close it (or use it as a context manager) to finish the file; a file closed early holds the frames so far."""
 
@@ -167,13 +175,6 @@ class VideoWriter:
 
     def close(self) -> None:
         self._writer.release()
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-                 ) -> None:
-        self.close()
 
 
 def write_y4m(path: str | Path, frames: Iterator[np.ndarray] | list[np.ndarray], fps: int) -> Path:
