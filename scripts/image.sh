@@ -36,6 +36,10 @@ if [ "$nofile" = unlimited ] || [ "$nofile" -gt 65536 ]; then nofile=65536; fi
 PODMAN=(podman --runtime runc --cgroup-manager=cgroupfs)
 ULIMITS=(--ulimit "nofile=$nofile:$nofile" --ulimit nproc=4096:4096)
 
+# Temporary folders, removed however the script ends.
+TEMPS=()
+trap 'if [ ${#TEMPS[@]} -gt 0 ]; then rm -rf "${TEMPS[@]}"; fi' EXIT
+
 say() { printf 'image.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 elapsed() { echo $(( $(date +%s) - $1 )); }
@@ -57,11 +61,11 @@ make_base() {
     started=$(date +%s)
     mkdir -p "$CACHE"
     rootfs=$(mktemp -d "$CACHE/rootfs.XXXXXX")
+    TEMPS+=("$rootfs" "$tarball.part")
     say "debootstrap bookworm into $rootfs (once; the tarball is kept in $CACHE)"
     if ! debootstrap --variant=minbase --include=python3,python3-venv bookworm "$rootfs" \
          "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$CACHE/debootstrap.log" 2>&1; then
       tail -20 "$CACHE/debootstrap.log" >&2
-      rm -rf "$rootfs"
       die "debootstrap failed (log: $CACHE/debootstrap.log)"
     fi
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/man/* \
@@ -69,7 +73,6 @@ make_base() {
     find "$rootfs/usr/share/doc" -type f ! -name copyright -delete
     tar -C "$rootfs" --numeric-owner -cf "$tarball.part" .
     mv "$tarball.part" "$tarball"
-    rm -rf "$rootfs"
     say "base made in $(elapsed "$started") s"
   fi
   "${PODMAN[@]}" import -q "$tarball" "$BASE_NAME" >/dev/null
@@ -83,9 +86,10 @@ make_wheels() {
   # Built from a copy of the files git would commit: setuptools reuses an in-tree build/lib, which keeps
   # modules since moved or deleted.
   src=$(mktemp -d)
+  TEMPS+=("$src")
   if git rev-parse --git-dir >/dev/null 2>&1; then
     git ls-files -co --exclude-standard -- pyproject.toml README.md 'LICEN[CS]E*' src \
-      | while IFS= read -r f; do [ -e "$f" ] && printf '%s\n' "$f"; done | tar -cf - -T - | tar -xf - -C "$src"
+      | while IFS= read -r f; do if [ -e "$f" ]; then printf '%s\n' "$f"; fi; done | tar -cf - -T - | tar -xf - -C "$src"
   else
     tar -cf - --exclude=__pycache__ --exclude='*.egg-info' pyproject.toml README.md src | tar -xf - -C "$src"
   fi
@@ -99,7 +103,6 @@ make_wheels() {
     "$PYTHON" -m pip wheel -q --disable-pip-version-check --wheel-dir build/image/wheels-ray \
       --find-links build/image/wheels "$src" "ray[data,default]" pyarrow
   fi
-  rm -rf "$src"
 }
 
 build() {
