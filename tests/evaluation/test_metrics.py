@@ -64,7 +64,7 @@ def test_roc_auc_single_class_nan():
     assert math.isnan(roc_auc(np.array([0.1, 0.9]), np.array([0, 0])))
 
 
-SUMMARY_KEYS = {"n", "age_mae", "age_rmse", "age_bias", "cs5", "gender_accuracy", "gender_mae", "gender_auc"}
+SUMMARY_KEYS = {"n", "age_mae", "age_rmse", "age_bias", "cs5", "gender_accuracy", "gender_mae", "gender_auc", "balanced_age_mae", "worst_age_bias", "worst_bias_group", "age_groups_counted"}
 
 
 def test_summarize_keys_and_values():
@@ -99,7 +99,8 @@ def test_summarize_all_nan_and_single_class():
     assert out["gender_accuracy"] == pytest.approx(1.0)
     assert out["gender_auc"] is None  # NaN becomes None (JSON-friendly)
     only_age = summarize(np.array([1.0]), np.array([2.0]), np.array([0.5]), np.array([NAN]))
-    assert set(only_age) == {"n", "age_mae", "age_rmse", "age_bias", "cs5"}
+    assert set(only_age) == {"n", "age_mae", "age_rmse", "age_bias", "cs5", "balanced_age_mae", "worst_age_bias",
+                             "worst_bias_group", "age_groups_counted"}
 
 
 def test_report_groups():
@@ -133,3 +134,15 @@ def test_report_without_race_column():
     out = report(df)
     assert out["groups"]["race"] == {}
     assert out["gender_accuracy"] == pytest.approx(1.0)
+
+
+def test_balanced_figures_weigh_every_age_group_the_same():
+    # 30 images in their twenties off by 1 year (too old), 20 over 70 off by 6 (too young), 5 babies (too few).
+    true = np.array([25.0] * 30 + [75.0] * 20 + [1.0] * 5)
+    pred = np.array([26.0] * 30 + [69.0] * 20 + [9.0] * 5)
+    out = summarize(pred, true, np.full(55, 0.5), np.full(55, NAN))
+    assert out["age_mae"] == pytest.approx((30 * 1 + 20 * 6 + 5 * 8) / 55)
+    assert out["balanced_age_mae"] == pytest.approx((1 + 6) / 2)  # the babies' group has fewer than 20
+    assert (out["worst_age_bias"], out["worst_bias_group"], out["age_groups_counted"]) == (-6.0, "70+", 2)
+    none = summarize(pred[:5], true[:5], np.full(5, 0.5), np.full(5, NAN))
+    assert none["balanced_age_mae"] is None and none["age_groups_counted"] == 0

@@ -11,7 +11,17 @@ pytest.importorskip("torch", reason="needs PyTorch: pip install 'agegender[train
 
 import torch
 
-from agegender.training.losses import MultiTaskLoss, age_balance_weights, age_loss, gender_loss
+from agegender.data.records import AGE_BUCKETS
+from agegender.training.losses import (
+    MultiTaskLoss,
+    age_balance_weights,
+    age_density,
+    age_loss,
+    balanced_age_prior,
+    dldl_loss,
+    gender_loss,
+    prior_logit_shift,
+)
 
 NAN = float("nan")
 
@@ -166,3 +176,34 @@ def test_multitask_invalid(kwargs, match):
 
 
 # --------------------------------------------------------------------------- metrics
+
+
+def test_balanced_prior_gives_every_age_group_the_same_share():
+    prior = balanced_age_prior(101)
+    assert prior.sum() == pytest.approx(1.0)
+    shares = [prior[lo : min(hi, 100) + 1].sum() for lo, hi in AGE_BUCKETS]
+    assert shares == pytest.approx([1 / 9] * 9)
+    assert prior[0] == pytest.approx(1 / 27) and prior[75] == pytest.approx(1 / (9 * 31))
+
+
+def test_prior_logit_shift_by_hand():
+    # Ages 25 and 75 only: the training density at 25 and 75 is half each (before smoothing and the floor).
+    ages = np.array([25.0] * 50 + [75.0] * 50)
+    density = age_density(ages, 101)
+    shift = prior_logit_shift(ages, 101, 0.5)
+    expected = 0.5 * (np.log(density[25]) - np.log(1 / 90))  # 20-29: a ninth spread over 10 years
+    assert shift[25] == pytest.approx(expected)
+    assert prior_logit_shift(ages, 101, 0.0) == pytest.approx(np.zeros(101))
+
+
+def test_balanced_softmax_is_the_dldl_loss_on_shifted_logits():
+    logits = torch.randn(4, 101)
+    ages = torch.tensor([3.0, 25.0, 70.0, NAN])
+    shift = torch.linspace(-1, 1, 101)
+    plain = MultiTaskLoss(30.0, 15.0, "dldl")
+    balanced = MultiTaskLoss(30.0, 15.0, "dldl", age_logit_shift=shift)
+    out, targets = {"age_logits": logits, "gender_logit": torch.zeros(4)}, {"age": ages, "gender": torch.zeros(4)}
+    assert balanced(out, targets)["age_loss"] == pytest.approx(float(dldl_loss(logits + shift, ages, 15.0)))
+    assert balanced(out, targets)["age_loss"] != pytest.approx(float(plain(out, targets)["age_loss"]))
+    with pytest.raises(ValueError, match="needs the dldl age loss"):
+        MultiTaskLoss(30.0, 15.0, "mse", age_logit_shift=shift)

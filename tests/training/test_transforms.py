@@ -102,3 +102,23 @@ def test_default_preset():
     assert cfg.image_size == 112
     assert cfg.mean == IMAGENET_MEAN
     assert cfg.std == IMAGENET_STD
+
+
+def test_random_old_print_is_seeded_by_torch_and_keeps_the_form():
+    from agegender.training.transforms import RandomOldPrint
+
+    img = torch.from_numpy(np.asarray(Image.open("examples/astronaut.png").convert("RGB").resize((64, 64))).copy())
+    img = img.permute(2, 0, 1).contiguous()
+    torch.manual_seed(1)
+    first = [RandomOldPrint(1.0)(img) for _ in range(8)]
+    torch.manual_seed(1)
+    again = [RandomOldPrint(1.0)(img) for _ in range(8)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # a seeded run repeats
+    assert all(o.dtype == torch.uint8 and o.shape == img.shape and not torch.equal(o, img) for o in first)
+    assert len({o.float().mean().item() for o in first}) == 8  # each draw ages differently
+    assert torch.equal(RandomOldPrint(0.0)(img), img)
+    with pytest.raises(ValueError, match=r"old-print probability must be in \[0, 1\]"):
+        RandomOldPrint(-0.1)
+    preset = PresetConfig(32, 0.875)
+    out = train_preset(preset, cached=True, old_print=1.0)(img)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32

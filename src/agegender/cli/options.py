@@ -103,6 +103,15 @@ TRAIN_HELP = {
                "(replaces --data/--labels/--detect/--face; in YAML a 'sources:' list of such mappings)",
     "degrade": "probability that a training image gets photo-quality damage: greyscale, blur, down-and-up "
                "scaling, JPEG re-compression, noise, exposure/contrast (each with its own chance); 0 = off",
+    "old_print": "probability that a training image gets old-print damage: sepia or a colour cast, faded blacks "
+                 "and low contrast, film grain, scan blur, halftone screen, vignetting, low resolution (each with "
+                 "its own chance); 0 = off",
+    "age_prior_tau": "balanced softmax (dldl): the loss sees the age logits plus TAU x log(training age prior / "
+                     "a prior in which every age group is equally common), so the network answers as if every "
+                     "age group were equally common; 0 = off, 1 = the whole correction",
+    "select": "the pooled validation figure best.pt is chosen by: balanced_age_mae (the mean of the age groups' "
+              "MAEs, every group counted the same) or age_mae (every image the same); age_mae where validation "
+              "has no group of 20",
     "init": "start from a trained checkpoint (PATH, or 'bundled' for the packaged model): fine-tuning; it keeps "
             "that model's network and input size unless --image-size / --crop-pct are given",
     "freeze_backbone_epochs": "with --init: train only the two heads for this many epochs, then everything",

@@ -68,6 +68,38 @@ def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
     return float((ranks[label == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+# An age group counts towards the balanced figures with at least this many images (fewer: too noisy to weigh the
+# same as the others).
+MIN_GROUP = 20
+
+
+def balanced_age_figures(age_pred: np.ndarray, age_true: np.ndarray, min_group: int = MIN_GROUP) -> dict:
+    """Every age group a first-class citizen: ``balanced_age_mae``, the mean of the age groups' MAEs
+    (:data:`agegender.data.records.AGE_BUCKETS`, groups of at least ``min_group`` images), and the group whose
+    mean signed error is furthest from zero (``worst_age_bias``, signed, and ``worst_bias_group``). NaN and None
+    where no group is that large. Ages must be known (no NaN).
+
+    >>> pred = np.array([1.0, 2.0, 30.0, 30.0, 30.0])
+    >>> true = np.array([0.0, 0.0, 30.0, 31.0, 29.0])
+    >>> f = balanced_age_figures(pred, true, min_group=2)
+    >>> round(f["balanced_age_mae"], 4), f["worst_age_bias"], f["worst_bias_group"], f["age_groups_counted"]
+    (1.0, 1.5, '0-2', 2)
+    """
+    err = np.asarray(age_pred, float) - np.asarray(age_true, float)
+    groups = np.array([age_bucket(a) for a in np.asarray(age_true, float)]) if len(err) else np.array([])
+    maes, biases = {}, {}
+    for name in AGE_BUCKET_NAMES:
+        inside = groups == name
+        if inside.sum() >= min_group:
+            maes[name], biases[name] = float(np.abs(err[inside]).mean()), float(err[inside].mean())
+    if not maes:
+        return {"balanced_age_mae": math.nan, "worst_age_bias": math.nan, "worst_bias_group": None,
+                "age_groups_counted": 0}
+    worst = max(biases, key=lambda k: abs(biases[k]))
+    return {"balanced_age_mae": float(np.mean(list(maes.values()))), "worst_age_bias": biases[worst],
+            "worst_bias_group": worst, "age_groups_counted": len(maes)}
+
+
 def summarize(age_pred: np.ndarray, age_true: np.ndarray, p_female: np.ndarray, gender_true: np.ndarray) -> dict:
     """All headline figures for one set of predictions; age or gender entries may be NaN (unknown labels)."""
     age_pred, age_true = np.asarray(age_pred, float), np.asarray(age_true, float)
@@ -81,6 +113,7 @@ def summarize(age_pred: np.ndarray, age_true: np.ndarray, p_female: np.ndarray, 
             "age_rmse": age_rmse(age_pred[a], age_true[a]),
             "age_bias": float(np.mean(err)),  # mean signed error: > 0 means the model guesses too old
             "cs5": cumulative_score(age_pred[a], age_true[a], 5.0),
+            **balanced_age_figures(age_pred[a], age_true[a]),
         }
     g = ~np.isnan(gender_true)
     if g.any():

@@ -63,6 +63,9 @@ def calibrate(path: str | Path, loader: Iterable, records: Sequence[Record], dev
                  path, 100 * coverage, scale, cal["age_interval"]["val_mean_width"])
     if g.any():
         cal["gender_ece_val"] = expected_calibration_error(out["p_female"][g], gender[g])
-    ckpt["calibration"] = cal
+    # Entries this function does not fit (a logit adjustment's record) are kept.
+    kept = {k: v for k, v in ckpt.get("calibration", {}).items()
+            if k not in ("age_map", "age_interval", "gender_ece_val")}
+    ckpt["calibration"] = kept | cal
     save_checkpoint(ckpt, path)
     return cal

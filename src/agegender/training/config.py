@@ -50,6 +50,10 @@ def option_type(name: str) -> type:
     return hint
 
 
+# What best.pt may be chosen by: every age group weighing the same, or every image.
+SELECT_METRICS = ("balanced_age_mae", "age_mae")
+
+
 @dataclass
 class TrainConfig:
     data: str = ""
@@ -91,6 +95,11 @@ class TrainConfig:
     # mappings with the keys of sources.Source, or "DIR,key=value,..." strings.
     sources: list | None = None
     degrade: float = 0.0  # probability of a photo-quality degradation per training image (0 = off)
+    old_print: float = 0.0  # probability of old-print damage per training image (0 = off)
+    # Balanced softmax: the dldl loss sees the age logits plus age_prior_tau x log(training prior / group-balanced
+    # prior), so the network learns to answer as if every age group were equally common (0 = off).
+    age_prior_tau: float = 0.0
+    select: str = "balanced_age_mae"  # the validation figure best.pt is chosen by (pooled over the sources)
     init: str = ""  # start from a trained checkpoint (a path, or "bundled") instead of ImageNet / random
     freeze_backbone_epochs: int = 0  # with init: train only the heads for this many epochs first
     distill: str = ""  # a teacher checkpoint (a path, or "bundled"): learn its mirror-averaged outputs too
@@ -108,6 +117,10 @@ class TrainConfig:
         need(not (self.sources and (self.labels or self.detect)),
              "give --labels/--detect inside each source, not beside sources")
         need(0 <= self.degrade <= 1, "degrade must be a probability in [0, 1]")
+        need(0 <= self.old_print <= 1, "old_print must be a probability in [0, 1]")
+        need(self.age_prior_tau >= 0, "age_prior_tau must be >= 0 (0 = off)")
+        need(self.age_prior_tau == 0 or self.age_loss == "dldl", "age_prior_tau needs --age-loss dldl")
+        need(self.select in SELECT_METRICS, f"select must be one of {', '.join(SELECT_METRICS)}")
         if self.sources:
             # Written out in full, so config.yaml says exactly how each folder was read.
             self.sources = [s.to_dict() for s in self.source_list()]

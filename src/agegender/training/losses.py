@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from agegender.data.records import AGE_BUCKETS
+
 AGE_LOSSES = ("mse", "l1", "smooth_l1", "dldl")
 
 
@@ -15,6 +17,55 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
     if weights is not None:
         values = values * weights
     return values[mask].mean()
+
+
+def age_density(ages: np.ndarray, n_ages: int = 121, sigma: float = 2.0) -> np.ndarray:
+    """The share of ``ages`` at each whole year ``0..n_ages-1``, smoothed by a Gaussian of ``sigma`` years
+    (label-distribution smoothing, Yang et al. 2021) and floored at a thousandth of its peak (a year nobody has
+    keeps a finite logarithm); sums to 1.
+
+    >>> d = age_density(np.array([1.0, 1, 1, 3]), n_ages=5, sigma=0.01)
+    >>> [round(float(x), 3) for x in d[[1, 3]]]
+    [0.748, 0.249]
+    """
+    ages = np.asarray(ages, float)
+    ages = ages[~np.isnan(ages)]
+    if ages.size == 0:
+        return np.full(n_ages, 1.0 / n_ages)
+    idx = np.clip(np.rint(ages), 0, n_ages - 1).astype(int)
+    hist = np.bincount(idx, minlength=n_ages).astype(float)
+    grid = np.arange(n_ages)
+    density = np.exp(-((grid[:, None] - grid[None, :]) ** 2) / (2 * sigma**2)) @ hist
+    density = np.maximum(density, 1e-3 * density.max())
+    return density / density.sum()
+
+
+def balanced_age_prior(n_ages: int) -> np.ndarray:
+    """The age distribution in which every age group (:data:`agegender.data.records.AGE_BUCKETS`) is equally
+    common, uniform within each group: what "balanced MAE" scores against. Sums to 1.
+
+    >>> p = balanced_age_prior(101)
+    >>> round(float(p[0:3].sum()), 4), round(float(p[70:].sum()), 4), round(float(p[1] / p[25]), 3)
+    (0.1111, 0.1111, 3.333)
+    """
+    groups = [(lo, min(hi, n_ages - 1)) for lo, hi in AGE_BUCKETS if lo < n_ages]
+    prior = np.zeros(n_ages)
+    for lo, hi in groups:
+        prior[lo : hi + 1] = 1.0 / (len(groups) * (hi - lo + 1))
+    return prior / prior.sum()
+
+
+def prior_logit_shift(train_ages: np.ndarray, n_ages: int, tau: float) -> np.ndarray:
+    """``tau * log(training prior / balanced prior)`` per age bin ``[n_ages]``: added to the age logits while
+    training (balanced softmax), it makes the network's own logits answer as if every age group were equally
+    common; subtracted from a trained network's logits (logit adjustment, Menon et al. 2021) it does the same after
+    the fact. ``tau`` 0 = no change, 1 = the whole correction.
+
+    >>> shift = prior_logit_shift(np.array([25.0] * 99 + [75.0]), 101, 1.0)
+    >>> bool(shift[25] > 0 > shift[75])
+    True
+    """
+    return tau * (np.log(age_density(train_ages, n_ages)) - np.log(balanced_age_prior(n_ages)))
 
 
 def age_balance_weights(ages: np.ndarray, power: float, n_ages: int = 121, sigma: float = 2.0) -> np.ndarray:
@@ -33,13 +84,8 @@ def age_balance_weights(ages: np.ndarray, power: float, n_ages: int = 121, sigma
     ages = ages[~np.isnan(ages)]
     if ages.size == 0:
         return np.ones(n_ages)
-    idx = np.clip(np.rint(ages), 0, n_ages - 1).astype(int)
-    hist = np.bincount(idx, minlength=n_ages).astype(float)
-    grid = np.arange(n_ages)
-    kernel = np.exp(-((grid[:, None] - grid[None, :]) ** 2) / (2 * sigma**2))
-    density = kernel @ hist
-    w = np.maximum(density, 1e-3 * density.max()) ** -power  # ages nobody has: finite weight, never used
-    return w / w[idx].mean()
+    w = age_density(ages, n_ages, sigma) ** -power
+    return w / w[np.clip(np.rint(ages), 0, n_ages - 1).astype(int)].mean()
 
 
 def age_loss(pred_norm: torch.Tensor, age: torch.Tensor, mean: float, std: float, kind: str = "mse",
@@ -93,11 +139,13 @@ class MultiTaskLoss(torch.nn.Module):
     """``age_weight * age_loss + gender_weight * gender_loss``; returns the total and each part.
 
     ``age_balance``: optional per-year weights ``[K]`` (see :func:`age_balance_weights`); each image's age loss
-    is multiplied by the weight of its (rounded) age.
+    is multiplied by the weight of its (rounded) age. ``age_logit_shift``: optional ``[max_age + 1]`` added to the
+    dldl head's logits before the loss (balanced softmax, see :func:`prior_logit_shift`).
     """
 
     def __init__(self, age_mean: float, age_std: float, age_kind: str = "mse", age_weight: float = 1.0,
-                 gender_weight: float = 1.0, age_balance: torch.Tensor | None = None) -> None:
+                 gender_weight: float = 1.0, age_balance: torch.Tensor | None = None,
+                 age_logit_shift: torch.Tensor | None = None) -> None:
         super().__init__()
         if age_kind not in AGE_LOSSES:
             raise ValueError(f"age loss must be one of {AGE_LOSSES}, got {age_kind!r}")
@@ -105,7 +153,11 @@ class MultiTaskLoss(torch.nn.Module):
             raise ValueError("loss weights must be >= 0")
         self.age_mean, self.age_std, self.age_kind = age_mean, age_std, age_kind
         self.age_weight, self.gender_weight = age_weight, gender_weight
+        if age_logit_shift is not None and age_kind != "dldl":
+            raise ValueError("a prior logit shift (balanced softmax) needs the dldl age loss")
         self.register_buffer("age_balance", None if age_balance is None else torch.as_tensor(age_balance).float())
+        self.register_buffer("age_logit_shift", None if age_logit_shift is None
+                             else torch.as_tensor(age_logit_shift).float())
 
     def _sample_weights(self, age: torch.Tensor) -> torch.Tensor | None:
         if self.age_balance is None:
@@ -117,8 +169,10 @@ class MultiTaskLoss(torch.nn.Module):
         if self.age_kind == "dldl":
             if "age_logits" not in out:
                 raise ValueError("the dldl age loss needs a model with age_head='dldl'")
-            la = dldl_loss(out["age_logits"].float(), targets["age"], self.age_std,
-                           weights=self._sample_weights(targets["age"]))
+            logits = out["age_logits"].float()
+            if self.age_logit_shift is not None:
+                logits = logits + self.age_logit_shift.to(logits.device)
+            la = dldl_loss(logits, targets["age"], self.age_std, weights=self._sample_weights(targets["age"]))
         else:
             if "age_norm" not in out:
                 raise ValueError(f"the {self.age_kind} age loss needs a model with age_head='regression'")

@@ -45,7 +45,7 @@ from agegender.training.config import TrainConfig
 from agegender.training.datasets import CachedFaceDataset, FaceDataset, concat_datasets, loader_workers, make_loader
 from agegender.training.distributed import DistInfo, barrier, cleanup, gather_predictions, setup
 from agegender.training.engine import predict_batches, train_one_epoch
-from agegender.training.losses import DistillLoss, MultiTaskLoss, age_balance_weights
+from agegender.training.losses import DistillLoss, MultiTaskLoss, age_balance_weights, prior_logit_shift
 from agegender.training.transforms import decode_preset, eval_preset, train_preset
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,8 @@ def make_datasets(cfg: TrainConfig, source: S.Source, preset, train_recs: list[R
     """Training and validation datasets of one source: from the decode cache (rank 0 builds it, the others
     wait and reuse it), or decoding every image on every read (``cache: none``, the reference's pipeline)."""
     load = source.loader()
-    train_tf = train_preset(preset, cfg.augment, cached=cfg.cache != "none", degrade=cfg.degrade)
+    train_tf = train_preset(preset, cfg.augment, cached=cfg.cache != "none", degrade=cfg.degrade,
+                            old_print=cfg.old_print)
     if cfg.cache == "none":
         return (FaceDataset(source.data, train_recs, train_tf, load),
                 FaceDataset(source.data, val_recs, eval_preset(preset), load) if val_recs else None)
@@ -296,8 +297,13 @@ def build_optimisation(st: TrainState) -> None:
         balance = torch.from_numpy(age_balance_weights(st.train_ages, cfg.age_balance))
         log.info("age loss re-weighted (power %.2f): weight %.2f at 26, %.2f at 80", cfg.age_balance,
                  balance[26], balance[80])
+    shift = None
+    if cfg.age_prior_tau > 0:
+        shift = torch.from_numpy(prior_logit_shift(st.train_ages, mcfg.max_age + 1, cfg.age_prior_tau))
+        log.info("balanced softmax (tau %.2f): age logits shifted by %+.2f at 26, %+.2f at 1, %+.2f at 80 while "
+                 "training", cfg.age_prior_tau, shift[26], shift[1], shift[80])
     st.loss_fn = MultiTaskLoss(mcfg.age_mean, mcfg.age_std, cfg.age_loss, cfg.age_weight, cfg.gender_weight,
-                               balance)
+                               balance, shift)
     if st.teacher is not None:
         st.loss_fn = DistillLoss(st.loss_fn, cfg.distill_weight)
     st.optimizer = make_optimizer(model, cfg)
@@ -455,19 +461,27 @@ def validate(st: TrainState, desc: str) -> dict:
 def _val_figures(df: pd.DataFrame, prefix: str) -> dict:
     m = summarize(df["age_pred"], df["age_true"], df["p_female"], df["gender_true"])
     return {f"{prefix}_{k}": math.nan if m.get(k) is None else m[k]
-            for k in ("age_mae", "cs5", "gender_accuracy", "gender_mae")}
+            for k in ("age_mae", "balanced_age_mae", "worst_age_bias", "cs5", "gender_accuracy", "gender_mae")}
 
 
-def selection_metric(row: dict) -> str:
-    """The figure best.pt is chosen by: validation age MAE, or gender MAE where validation has no ages."""
-    return "val_gender_mae" if math.isnan(row.get("val_age_mae", math.nan)) else "val_age_mae"
+def selection_metric(row: dict, select: str = "balanced_age_mae") -> str:
+    """The pooled validation figure best.pt is chosen by: ``select`` (balanced or plain age MAE), plain age MAE
+    where validation has no age group large enough for the balanced figure, gender MAE where it has no ages.
+
+    >>> selection_metric({"val_age_mae": 5.0, "val_balanced_age_mae": float("nan")})
+    'val_age_mae'
+    """
+    for name in (f"val_{select}", "val_age_mae"):
+        if not math.isnan(row.get(name, math.nan)):
+            return name
+    return "val_gender_mae"
 
 
 def select_best(st: TrainState, row: dict) -> bool:
     """Whether this epoch's model is the best so far (always, without a validation subset)."""
     if st.val_loader is None:
         return True
-    score = row.get(selection_metric(row), math.nan)
+    score = row.get(selection_metric(row, st.cfg.select), math.nan)
     if math.isnan(score) or score >= st.best_score:
         return False
     st.best_score = score
@@ -485,7 +499,7 @@ def log_epoch(st: TrainState, epoch: int, row: dict) -> None:
 def training_summary(st: TrainState, epoch: int, row: dict) -> dict:
     """What every checkpoint records about the run so far."""
     best = st.best_score if math.isfinite(st.best_score) else None
-    metric = selection_metric(row)
+    metric = selection_metric(row, st.cfg.select)
     first = st.parts[0]
     return {
         "epoch": epoch, "config": st.cfg.to_dict(),

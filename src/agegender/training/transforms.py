@@ -15,6 +15,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
+from agegender.evaluation.damage import old_print, random_old_print
 from agegender.inference.preprocess import center_crop, normalise, resize_crop
 from agegender.io.images import as_pil
 from agegender.model.config import IMAGENET_MEAN, IMAGENET_STD, PresetConfig
@@ -84,15 +85,36 @@ class RandomDegrade:
         return img
 
 
+class RandomOldPrint:
+    """With probability ``p``, the damage of an old print scanned from a family album
+    (:func:`agegender.evaluation.damage.random_old_print`: sepia or a colour cast, fading, grain, scan blur,
+    halftone, vignetting, low resolution, each with its own chance). Input and output: a uint8 image tensor
+    ``[3, H, W]``; drawn from torch's generator, so a seeded run repeats."""
+
+    def __init__(self, p: float = 0.3) -> None:
+        if not 0 <= p <= 1:
+            raise ValueError(f"old-print probability must be in [0, 1], got {p}")
+        self.p = p
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if float(torch.rand(())) >= self.p:
+            return img
+        rng = np.random.default_rng(int(torch.randint(2**31 - 1, ())))
+        aged = old_print(img.permute(1, 2, 0).numpy(), random_old_print(rng), rng)
+        return torch.from_numpy(aged).permute(2, 0, 1).contiguous()
+
+
 def decode_preset(cfg: PresetConfig) -> _DecodeView:
     """What the decode cache stores: a PIL image resized and centre-cropped to a ``resize_size`` square,
     as a uint8 tensor ``[3, R, R]``. Both presets below then start from exactly these pixels."""
     return _DecodeView(cfg)
 
 
-def train_preset(cfg: PresetConfig, strength: float = 1.0, cached: bool = False, degrade: float = 0.0) -> T.Compose:
+def train_preset(cfg: PresetConfig, strength: float = 1.0, cached: bool = False, degrade: float = 0.0,
+                 old_print: float = 0.0) -> T.Compose:
     """The reference augmentation (random crop, horizontal flip, colour jitter), scaled by ``strength``, then
-    with probability ``degrade`` photo-quality damage (:class:`RandomDegrade`).
+    with probability ``old_print`` the damage of an old print (:class:`RandomOldPrint`) and with probability
+    ``degrade`` photo-quality damage (:class:`RandomDegrade`).
 
     Input: a PIL image, or with ``cached`` a uint8 tensor from :func:`decode_preset` (augmentation then runs
     on uint8 tensors, with no decoding or resizing). Output: float tensor ``[3, image_size, image_size]``,
@@ -108,6 +130,7 @@ def train_preset(cfg: PresetConfig, strength: float = 1.0, cached: bool = False,
             T.RandomHorizontalFlip(),
             T.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, 0.05 * strength)),
             T.ToImage(),
+            *([RandomOldPrint(old_print)] if old_print > 0 else []),
             *([RandomDegrade(degrade)] if degrade > 0 else []),
             *_to_tensor(cfg)[1:],
         ]
