@@ -64,7 +64,8 @@ def test_roc_auc_single_class_nan():
     assert math.isnan(roc_auc(np.array([0.1, 0.9]), np.array([0, 0])))
 
 
-SUMMARY_KEYS = {"n", "age_mae", "age_rmse", "age_bias", "cs5", "gender_accuracy", "gender_mae", "gender_auc", "balanced_age_mae", "worst_age_bias", "worst_bias_group", "age_groups_counted"}
+SUMMARY_KEYS = {"n", "age_mae", "age_rmse", "age_bias", "cs5", "gender_accuracy", "gender_mae", "gender_auc",
+                "balanced_age_mae", "worst_age_bias", "worst_bias_group", "age_groups_counted"}
 
 
 def test_summarize_keys_and_values():
