@@ -1,17 +1,23 @@
 """onnxruntime sessions, torch-free: one intra-op thread by default, no spinning, no memory patterns, and one
-memory arena shared by every session of the process. The age model (:class:`agegender.model.onnx.OnnxModel`) and
-the face detector's three networks (:class:`agegender.faces.detect.OnnxNetworks`) are made here.
+memory arena shared by every session of the process, handed back when the work is done (:func:`release_memory`).
+The age model (:class:`agegender.model.onnx.OnnxModel`) and the face detector's three networks
+(:class:`agegender.faces.detect.OnnxNetworks`) are made here.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
+from typing import Any
 
+from agegender.compute.allocator import release_free_memory
 from agegender.errors import CheckpointError
 
 _ARENA_LOCK = threading.Lock()
 _shared_arena: bool | None = None  # None: not tried yet in this process
+# One cheap call on a session of the shared arena, made with arena shrinkage on (see release_memory).
+_probe: tuple[weakref.ref, dict[str, Any]] | None = None
 
 
 def _use_shared_arena(ort, options) -> None:
@@ -33,6 +39,35 @@ def _use_shared_arena(ort, options) -> None:
                 _shared_arena = False
     if _shared_arena:
         options.add_session_config_entry("session.use_env_allocators", "1")
+
+
+def register_probe(sess: Any, feed: dict[str, Any]) -> None:
+    """Make ``sess`` (a session of this module) on input ``feed`` (as cheap as can be) the call that shrinks the
+    arena in :func:`release_memory`. The session is held weakly: the probe goes when it does."""
+    global _probe
+    with _ARENA_LOCK:
+        _probe = (weakref.ref(sess), feed)
+
+
+def release_memory() -> bool:
+    """Hand onnxruntime's idle arena memory and the heap's free pages back to the system; True where both ran.
+
+    The arena grows by what the work in flight asks (``kSameAsRequested``) and, to reuse it, keeps it: after four
+    crowd photos at once, 200 MB. One call made with ``memory.enable_memory_arena_shrinkage`` frees every region
+    of the arena no run is using, then ``malloc_trim`` returns the pages (measured in-process, the face detector
+    alone: 359 MB resident after four crowd photos, 285 trimmed, 81 shrunk and trimmed, where idle was 100).
+    A few milliseconds: call it when a service's queue runs empty, not after every call.
+    """
+    with _ARENA_LOCK:
+        probe = _probe
+    sess = probe[0]() if probe is not None else None
+    if sess is not None:
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        sess.run(None, probe[1], options)
+    return release_free_memory() and sess is not None
 
 
 def session(path: str | Path, threads: int | None = 1, providers: list[str] | None = None):

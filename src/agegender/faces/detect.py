@@ -27,6 +27,16 @@ WEIGHTS_DIR = Path(__file__).parents[1] / "weights" / "mtcnn"
 DETECTOR_RUNTIMES = ("onnx", "torch")
 # Widths of the outputs of R- and O-Net before their face probability: box offsets[, landmarks].
 NET_OUTPUTS = {"rnet": (4,), "onet": (4, 10)}
+# Crops per R-Net and O-Net call. One call on every candidate of a crowd photo (400 faces: 6,324 crops for R-Net,
+# 2,769 for O-Net) grew onnxruntime's arena to 2.4 GB, which it keeps; in chunks a stage needs a few MB at a time,
+# and ``check`` can stop the work between two chunks.
+CHUNK = {"rnet": 256, "onet": 64}
+# Candidates a stage takes at most, the largest boxes first (photos of up to five people gave R-Net at most 665 and
+# O-Net 43): with ``max_faces`` the bound grows with it, without it a photo of over ~600 faces loses its smallest.
+# It bounds the time a crowd costs, as the chunks bound its memory.
+MAX_CANDIDATES = {"rnet": 16384, "onet": 4096}
+CANDIDATES_PER_FACE = {"rnet": 32, "onet": 8}
+MIN_CANDIDATES = {"rnet": 2048, "onet": 256}
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,27 @@ class Face:
         return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
 
 
+def candidate_limit(stage: str, max_faces: int | None) -> int:
+    """Candidates R-Net (``stage="rnet"``) or O-Net takes at most when at most ``max_faces`` faces are wanted.
+
+    >>> candidate_limit("onet", None), candidate_limit("onet", 1), candidate_limit("onet", 50)
+    (4096, 256, 400)
+    """
+    if max_faces is None:
+        return MAX_CANDIDATES[stage]
+    return min(MAX_CANDIDATES[stage], max(MIN_CANDIDATES[stage], CANDIDATES_PER_FACE[stage] * max_faces))
+
+
+def largest_first(boxes: np.ndarray, limit: int) -> np.ndarray:
+    """The ``limit`` largest of ``boxes`` (K, 5+), largest first (stable among equal areas).
+
+    >>> largest_first(np.array([[0, 0, 1, 1.0], [0, 0, 3, 3], [0, 0, 2, 2]]), 2)[:, 2].tolist()
+    [3.0, 2.0]
+    """
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return boxes[np.argsort(-area, kind="stable")[:limit]]
+
+
 def largest(faces: Sequence[Face], n: int) -> list[Face]:
     """The ``n`` largest of ``faces`` (by box area), in their original order.
 
@@ -62,9 +93,11 @@ class OnnxNetworks:
     cascade runs many small calls, which threads would only slow down."""
 
     def __init__(self, threads: int = 1) -> None:
-        from agegender.compute.runtime import session
+        from agegender.compute.runtime import register_probe, session
 
         self.sessions = {name: session(WEIGHTS_DIR / f"{name}.onnx", threads) for name in ("pnet", "rnet", "onet")}
+        # P-Net on one 12 x 12 window, the cheapest call there is, shrinks the shared arena when work is done.
+        register_probe(self.sessions["pnet"], {"image": np.zeros((1, 3, 12, 12), np.float32)})
 
     def __call__(self, name: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         """Network ``name`` on ``batch`` float32 ``[N, 3, H, W]``; outputs in the order the torch modules return
@@ -126,10 +159,14 @@ class FaceDetector:
         else:
             self.networks = OnnxNetworks()
 
-    def detect(self, image: Image.Image | np.ndarray, check: Callable[[], None] | None = None) -> list[Face]:
+    def detect(self, image: Image.Image | np.ndarray, check: Callable[[], None] | None = None,
+               max_faces: int | None = None) -> list[Face]:
         """Faces in ``image`` (an RGB or greyscale PIL image, or an (H, W, 3) or (H, W) uint8 array), best score
-        first; an empty list when there is none. ``check`` is called between the three stages (a crowded photo
-        takes seconds each) and may raise to stop the work."""
+        first; an empty list when there is none. ``check`` is called between pyramid levels and between the
+        chunks of each later stage (a crowded photo takes seconds) and may raise to stop the work.
+        ``max_faces``: the caller keeps at most this many faces, the largest, so each stage looks at the largest
+        candidates only, up to :func:`candidate_limit` (the faces returned may then be fewer than a crowd
+        holds, never fewer than ``max_faces`` of its largest)."""
         pixels = as_rgb_array(image)
         h, w = pixels.shape[:2]
         sx = sy = 1.0
@@ -138,32 +175,31 @@ class FaceDetector:
             small = (max(1, round(w * ratio)), max(1, round(h * ratio)))
             pixels = np.asarray(Image.fromarray(pixels).resize(small, Image.Resampling.BOX))
             sx, sy = w / small[0], h / small[1]
-        boxes, points = self._cascade(integral_image(pixels), check or (lambda: None))
+        boxes, points = self._cascade(integral_image(pixels), check or (lambda: None), max_faces)
         faces = [
             Face((b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy), b[4], tuple((x * sx, y * sy) for x, y in pts))
             for b, pts in zip(boxes.tolist(), points.tolist(), strict=True)
         ]
         return sorted(faces, key=lambda f: f.score, reverse=True)
 
-    def _cascade(self, table: np.ndarray, check: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
+    def _cascade(self, table: np.ndarray, check: Callable[[], None],
+                 max_faces: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Run the three stages on the image whose :func:`integral_image` is ``table``; returns boxes (K, 5) with
-        score in column 4 and landmarks (K, 5, 2). ``check`` runs between the stages."""
+        score in column 4 and landmarks (K, 5, 2). ``check`` runs between pyramid levels and chunks."""
         no_faces = np.zeros((0, 5)), np.zeros((0, 5, 2))
-        boxes = self._propose(table)
-        check()
+        boxes = self._propose(table, check)
         if len(boxes) == 0:
             return no_faces
 
         # Stage 2: R-Net rescores P-Net's proposals and refines their boxes.
-        boxes, (offsets,) = self._refine(table, boxes, "rnet", 24, self.thresholds[1])
+        boxes, (offsets,) = self._refine(table, boxes, "rnet", 24, self.thresholds[1], check, max_faces)
         keep = nms(boxes[:, :4], boxes[:, 4], 0.7)
         boxes = square_boxes(regress_boxes(boxes[keep], offsets[keep]))
-        check()
         if len(boxes) == 0:
             return no_faces
 
         # Stage 3: O-Net gives the final score, box and landmarks.
-        boxes, (offsets, marks) = self._refine(table, boxes, "onet", 48, self.thresholds[2])
+        boxes, (offsets, marks) = self._refine(table, boxes, "onet", 48, self.thresholds[2], check, max_faces)
         # Landmarks are relative to the (1-based) box O-Net saw, hence the +1 on the size and -1 on the origin.
         size = boxes[:, 2:4] - boxes[:, 0:2] + 1
         xs = boxes[:, 0:1] + size[:, 0:1] * marks[:, 0:5] - 1
@@ -173,25 +209,37 @@ class FaceDetector:
         keep = nms(boxes[:, :4], boxes[:, 4], 0.7, overlap="min")
         return boxes[keep], points[keep]
 
-    def _refine(self, table: np.ndarray, boxes: np.ndarray, net: str, size: int,
-                threshold: float) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """R- or O-Net (``net``, input ``size``) on the crops of ``boxes``: the boxes it scores above ``threshold``
-        with its score in column 4, and its other outputs (offsets[, landmarks]) for those boxes."""
-        crops, kept = box_crops(table, boxes, size)
-        if len(kept) == 0:  # every box left the image
+    def _refine(self, table: np.ndarray, boxes: np.ndarray, net: str, size: int, threshold: float,
+                check: Callable[[], None], max_faces: int | None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """R- or O-Net (``net``, input ``size``) on the crops of ``boxes`` (the largest :func:`candidate_limit`,
+        in chunks of :data:`CHUNK`): the boxes it scores above ``threshold`` with its score in column 4, and its
+        other outputs (offsets[, landmarks]) for those boxes."""
+        boxes = largest_first(boxes, candidate_limit(net, max_faces))
+        found: list[np.ndarray] = []
+        outputs: list[tuple[np.ndarray, ...]] = []
+        for start in range(0, len(boxes), CHUNK[net]):
+            check()
+            part = boxes[start : start + CHUNK[net]]
+            crops, kept = box_crops(table, part, size)
+            if len(kept) == 0:  # every box of the chunk left the image
+                continue
+            *rest, scores = self.networks(net, crops)
+            passed = scores > threshold
+            found.append(np.concatenate([part[kept][passed, :4], scores[passed, None]], axis=1))
+            outputs.append(tuple(r[passed] for r in rest))
+        if not found:
             return np.zeros((0, 5)), tuple(np.zeros((0, n)) for n in NET_OUTPUTS[net])
-        *rest, scores = self.networks(net, crops)
-        passed = scores > threshold
-        return (np.concatenate([boxes[kept][passed, :4], scores[passed, None]], axis=1),
-                tuple(r[passed] for r in rest))
+        return np.concatenate(found), tuple(np.concatenate(parts) for parts in zip(*outputs, strict=True))
 
-    def _propose(self, table: np.ndarray) -> np.ndarray:
-        """Stage 1: P-Net over an image pyramid; returns squared candidate boxes (K, 5)."""
+    def _propose(self, table: np.ndarray, check: Callable[[], None] = lambda: None) -> np.ndarray:
+        """Stage 1: P-Net over an image pyramid; returns squared candidate boxes (K, 5). ``check`` runs before
+        each level."""
         h, w = table.shape[1] - 1, table.shape[2] - 1
         scale = 12.0 / self.min_face_size  # maps the smallest wanted face onto P-Net's 12 px window
         shortest = min(h, w) * scale
         found = []
         while shortest >= 12:
+            check()
             level = pyramid_input(table, int(h * scale + 1), int(w * scale + 1))
             offsets, probs = self.networks("pnet", level)
             ys, xs = np.nonzero(probs[0] >= self.thresholds[0])

@@ -194,7 +194,7 @@ class Predictor:
             check()
         # One array of the photo for the detector and every face's alignment (a crowd photo has dozens).
         pixels = as_rgb_array(as_pil(image))
-        faces = self.detector.detect(pixels, check)
+        faces = self.detector.detect(pixels, check, max_faces)
         found = len(faces)
         if max_faces is not None:
             faces = largest(faces, max_faces)

@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from agegender.compute.allocator import release_free_memory
+from agegender.compute.runtime import release_memory
 
 
 class QueueFull(Exception):
@@ -37,9 +37,10 @@ class JobQueue:
     A slot is freed when its job finishes or is cancelled, not when a request gives up waiting: a timed-out job
     that already runs keeps its slot until it ends, so the bound always reflects the work really in the pool.
 
-    Whenever the queue runs empty, and every ``release_every`` jobs under load (0: never), a worker hands the heap's
-    free pages back to the system (:func:`agegender.compute.allocator.release_free_memory`), so the resident memory
-    stays near what the work in flight needs.
+    Whenever the queue runs empty, and every ``release_every`` jobs under load (0: never), a worker hands
+    onnxruntime's idle arena and the heap's free pages back to the system
+    (:func:`agegender.compute.runtime.release_memory`), so the resident memory stays near what the work in flight
+    needs.
     """
 
     def __init__(self, workers: int, max_queue: int, max_batch: int = 8, window_s: float = 0.005,
@@ -117,7 +118,7 @@ class JobQueue:
                                               or before // self.release_every != self.jobs_done // self.release_every)
             self.releases += due
         if due:  # after the answers are handed over, so no request waits for it
-            release_free_memory()
+            release_memory()
 
     def shutdown(self) -> None:
         """Stop the workers once their jobs end; jobs still waiting are cancelled."""
