@@ -1,7 +1,8 @@
 """``agegender`` command line: train, evaluate, predict, export, serve. A thin layer over the library.
 
 Exit status: 0 success; 1 finished, but some input files could not be read (they are listed, the rest is
-written); 2 a user error (bad arguments, data, checkpoint or weights: one line says what to do); 130 interrupted.
+written); 2 a user error (bad arguments, data, checkpoint or weights: one line says what to do); 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM). Interrupted or terminated, every output is finished with what was done.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import warnings
 
 from agegender import errors
 from agegender.cli.commands import cmd_evaluate, cmd_export, cmd_serve, cmd_train
-from agegender.cli.options import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE, build_parser
+from agegender.cli.options import EXIT_BUG, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, build_parser
 from agegender.cli.predict import cmd_predict
 
 log = logging.getLogger("agegender")
@@ -45,8 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     # what matters in one line per file. Set once for the process, never toggled (toggling is not thread-safe).
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")  # refused by the gate
+    from agegender.io.outputs import Terminated, terminate_like_ctrl_c
+
     try:
-        return handlers[args.command](args)
+        # SIGTERM stops the work as Ctrl-C does, so the rows so far are written and every file finished.
+        with terminate_like_ctrl_c():
+            return handlers[args.command](args)
+    except Terminated:
+        log.error("terminated (SIGTERM)")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         log.error("interrupted")
         return EXIT_INTERRUPTED

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from agegender.errors import MissingExtra
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
 
 COMMANDS = {
@@ -341,7 +341,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         prog="agegender",
         description="Estimate age (years) and gender from face images: train, evaluate and predict.",
         epilog="Exit status: 0 ok, 1 some inputs skipped (rest done), 2 user error, 3 internal error (a bug), "
-        "130 interrupted.",
+        "130 interrupted, 143 terminated (SIGTERM); outputs are finished with the work done.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     command = None if argv is None else next((a for a in argv if not a.startswith("-")), "")

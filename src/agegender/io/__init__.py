@@ -7,7 +7,8 @@ from agegender._lazy import lazy_exports
 _EXPORTS = {
     "open_image": "images", "as_pil": "images", "as_rgb_array": "images", "ImageInput": "images",
     "MAX_PIXELS": "images", "ACCEPTED_FORMATS": "images", "atomic_write": "outputs", "check_writable": "outputs",
-    "check_folder": "outputs", "interrupts_held": "outputs", "write_rows": "outputs", "write_json": "outputs",
+    "check_folder": "outputs", "interrupts_held": "outputs", "terminate_like_ctrl_c": "outputs",
+    "Terminated": "outputs", "write_rows": "outputs", "write_json": "outputs",
     "unique_name": "outputs", "RowSink": "sinks", "row_sink": "sinks",
 }
 __all__ = sorted(_EXPORTS)

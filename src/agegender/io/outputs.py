@@ -27,27 +27,60 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 NAME_MAX = 255
 
 
-@contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C until the block has finished, then raise ``KeyboardInterrupt``.
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C is (see :func:`terminate_like_ctrl_c`): a subclass of
+    ``KeyboardInterrupt``, so that every ``finally`` and every handler of Ctrl-C finishes the outputs the same way."""
 
-    Why: a KeyboardInterrupt inside ``torch.save`` is masked by the RuntimeError its zip writer then raises
-    on close, and a block that writes several files must finish or not start. Only in the main thread and
-    only over Python's default handler (anything else installed, e.g. by the service, is left alone);
-    nested blocks are held by the outermost one.
-    """
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextmanager
+def terminate_like_ctrl_c() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a container or service manager stopping the process) raises
+    :class:`Terminated` in the main thread instead of ending the process at once, which lost every row still to be
+    renamed into place and left an annotated video without its index. Only in the main thread, and only over the
+    default action (a handler someone else installed is left alone); the previous handler is restored after."""
     if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         yield
         return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous)
+
+
+# The handlers that stop the work by raising: held back by interrupts_held, then run.
+_RAISING = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _raise_terminated}
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C (and SIGTERM where :func:`terminate_like_ctrl_c` made it raise) until the block has finished,
+    then raise ``KeyboardInterrupt`` (or :class:`Terminated`).
+
+    Why: a KeyboardInterrupt inside ``torch.save`` is masked by the RuntimeError its zip writer then raises
+    on close, and a block that writes several files must finish or not start. Only in the main thread and
+    only over those handlers (anything else installed, e.g. by the service, is left alone); nested blocks are held
+    by the outermost one.
+    """
+    held = [] if threading.current_thread() is not threading.main_thread() else \
+        [signum for signum, handler in _RAISING.items() if signal.getsignal(signum) is handler]
+    if not held:
+        yield
+        return
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if received:
-        raise KeyboardInterrupt
+        previous[received[0]](received[0], None)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:

