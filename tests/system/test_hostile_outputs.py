@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from agegender.cli import main
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 ASTRONAUT = Path(__file__).resolve().parents[2] / "examples" / "astronaut.png"
 
@@ -59,3 +61,20 @@ def test_sigterm_during_predict_writes_the_rows_done_and_exits_143(photos: Path,
     rows = pd.read_csv(out)
     assert 4 <= len(rows) < 300 and rows["file"].is_unique and set(rows["status"]) == {"no_face"}
     assert not out.with_name("p.csv.partial").exists()
+
+
+def test_outputs_never_overwrite_an_input_photo(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(ASTRONAUT).convert("RGB").resize((128, 128)).save(folder / "a.jpg")
+    earlier = folder / "a_annotated.jpg"  # an annotated copy of an earlier run, now an input
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(earlier)
+    before = earlier.read_bytes()
+    assert main(["predict", str(folder), "--out", str(tmp_path / "p.csv"), "--annotate", str(folder), "-q"]) == 0
+    assert earlier.read_bytes() == before
+    assert {"a_annotated_2.jpg", "a_annotated_annotated.jpg"} <= {p.name for p in folder.iterdir()}
+    listed = tmp_path / "list.json"
+    listed.write_text("[]")
+    caplog.clear()
+    assert main(["predict", str(folder / "a.jpg"), str(listed), "--out", str(listed), "-q"]) == 2
+    assert f"--out {listed} is the input {listed}" in caplog.text and listed.read_text() == "[]"

@@ -5,6 +5,7 @@ a crowd over ``--max-faces``, outputs that cannot be opened or written."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 pytest.importorskip("cv2", reason="the video extras are not installed (pip install 'agegender[video]')")
 pytest.importorskip("norfair", reason="the video extras are not installed (pip install 'agegender[video]')")
 
+from agegender.cli import main  # noqa: E402
 from agegender.video.clips import VideoReader, VideoWriter  # noqa: E402
 from agegender.video.synthetic import Walker, render, sprite  # noqa: E402
 
@@ -61,3 +63,41 @@ def test_sigterm_during_a_video_finishes_every_file_and_exits_143(tmp_path: Path
     with VideoReader(annotated) as reader:  # finished: its index written, every frame drawn so far readable
         assert sum(1 for _ in reader) >= len(rows) - 1
     assert not partial.exists()
+
+
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _walking_face(12, tmp_path_factory.mktemp("short") / "short.avi")
+
+
+def test_an_output_naming_the_input_video_is_refused_before_anything_opens(short_clip: Path, tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    clip = tmp_path / "long.avi"
+    clip.write_bytes(short_clip.read_bytes())
+    before = clip.read_bytes()
+    link = tmp_path / "link.avi"
+    link.symlink_to(clip)
+    hard = tmp_path / "hard.avi"
+    os.link(clip, hard)
+    out = tmp_path / "f.csv"
+    for annotate in (clip, Path(os.path.relpath(clip)), link, hard):
+        caplog.clear()
+        assert main(["predict", str(clip), "--out", str(out), "--every", "100", "--annotate", str(annotate),
+                     "-q"]) == 2
+        (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert f"--annotate {annotate} is the input {clip}" in error and "\n" not in error
+    assert clip.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.avi", "link.avi", "long.avi"]  # nothing written
+
+
+def test_an_output_that_cannot_be_opened_leaves_no_other_file(short_clip: Path, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = tmp_path / "f.csv"
+    for option in (["--annotate", str(blocker / "ann.avi")], ["--tracks", str(blocker / "t.csv")],
+                   ["--annotate", str(tmp_path)]):
+        caplog.clear()
+        assert main(["predict", str(short_clip), "--out", str(out), *option, "-q"]) == 2, option
+        assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"], option  # no header-only CSVs

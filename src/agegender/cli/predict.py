@@ -55,16 +55,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict_photos(predictor, args: argparse.Namespace, out_path: Path, annotate_dir: Path | None) -> int:
     from agegender.inference.annotate import AnnotatedCopies
     from agegender.inference.batch import PHOTO_COLUMNS, RunSummary, predict_files, problem_row
+    from agegender.io.outputs import check_not_inputs
     from agegender.io.sinks import row_sink
 
     files, missing = _predict_files(args)
+    check_not_inputs({"--out": out_path}, files)
     summary = RunSummary(len(files), problems=list(missing))
+    annotate = AnnotatedCopies(annotate_dir, files) if annotate_dir else None
     try:
         # Whatever stops the run (Ctrl-C included), the rows already made are in place when the sink closes.
         with row_sink(out_path, PHOTO_COLUMNS) as sink:
             sink.write(problem_row(f, why) for f, why in missing)
             predict_files(predictor, files, sink, aligned=args.aligned, batch_size=args.batch_size,
-                          max_faces=args.max_faces, annotate=AnnotatedCopies(annotate_dir) if annotate_dir else None,
+                          max_faces=args.max_faces, annotate=annotate,
                           progress=not args.quiet, summary=summary)
     finally:
         if summary.done < len(files):

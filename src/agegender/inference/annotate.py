@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from agegender.errors import one_line
 from agegender.inference.results import FacePrediction, TrackedFace
-from agegender.io.outputs import atomic_write, unique_name
+from agegender.io.outputs import atomic_write, file_identity, unique_name
 
 
 def label(face: FacePrediction) -> str:
@@ -54,14 +54,18 @@ def draw_tracks(image: Image.Image, faces: Sequence[TrackedFace]) -> Image.Image
 
 class AnnotatedCopies:
     """Annotated copies of a run's photos in ``folder``, each under a name no other input of the run has
-    (``photo_annotated.jpg``, ``photo_annotated_2.jpg``, ...)."""
+    (``photo_annotated.jpg``, ``photo_annotated_2.jpg``, ...), and never over one of ``inputs`` (a folder annotated
+    into itself may hold a ``photo_annotated.jpg`` of an earlier run, now an input)."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, inputs: Iterable[str | Path] = ()) -> None:
         self.folder, self._taken = Path(folder), set()
+        self._inputs = {ident for f in inputs if (ident := file_identity(f)) is not None}
 
     def write(self, image: Image.Image, faces: Sequence[FacePrediction], file: str) -> str | None:
         """Write ``image`` with ``faces`` drawn; returns None, or why the copy could not be written."""
         target = self.folder / unique_name(Path(file).stem, "_annotated.jpg", self._taken)
+        while self._inputs and file_identity(target) in self._inputs:
+            target = self.folder / unique_name(Path(file).stem, "_annotated.jpg", self._taken)
         try:
             drawn = draw_faces(image, faces)
             atomic_write(target, lambda f: drawn.save(f, "JPEG", quality=92))

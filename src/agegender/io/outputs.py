@@ -13,7 +13,7 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -139,6 +139,30 @@ def check_folder(folder: str | Path, what: str) -> Path:
     except OSError as e:
         raise OutputError(f"{what}: cannot write into {folder}: {_reason(e)}") from None
     return folder
+
+
+def file_identity(path: str | Path) -> tuple[int, int] | None:
+    """The file ``path`` names, whatever the name (device and inode), or None where there is no such file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_not_inputs(outputs: dict[str, str | Path | None], inputs: Iterable[str | Path]) -> None:
+    """Refuse, before anything is opened, an output that is one of the ``inputs`` under any name (the same path,
+    a relative one, a link, a hard link): ``agegender predict long.mp4 --annotate long.mp4`` replaced the clip
+    with a stub of its first frames. ``outputs`` maps each option to its path (None: not given)."""
+    given = {what: Path(path) for what, path in outputs.items() if path is not None}
+    existing = {ident: what for what, path in given.items() if (ident := file_identity(path)) is not None}
+    if not existing:
+        return
+    for item in inputs:
+        what = existing.get(file_identity(item))
+        if what is not None:
+            raise OutputError(f"{what} {given[what]} is the input {item}: writing it would destroy the input; "
+                              "give another name")
 
 
 def csv_cell(value: Any) -> Any:

@@ -20,9 +20,9 @@ from agegender.errors import VideoError
 from agegender.inference.batch import PHOTO_COLUMNS, face_row
 from agegender.inference.predictor import Predictor
 from agegender.inference.results import TrackedFrame, TrackEstimate, rounded
-from agegender.io.outputs import interrupts_held
+from agegender.io.outputs import check_not_inputs, check_writable, interrupts_held
 from agegender.io.sinks import RowSink, check_rows_path
-from agegender.video.clips import VideoReader, VideoWriter, write_codec
+from agegender.video.clips import VideoInfo, VideoReader, VideoWriter, write_codec
 from agegender.video.tracking import track
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,14 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
     .json), the video with each track's running estimate drawn to ``annotate`` (.mp4 or .avi) if given. Faces are
     detected in every ``every``-th frame. A video that cannot be opened raises :class:`VideoError`; one that
     breaks off part-way returns with ``error`` set after writing everything up to the break."""
-    # Every output name is checked before anything is opened, so a mistyped one leaves no half-written files.
-    if check_rows_path(out).resolve() == check_rows_path(tracks_out).resolve():
-        raise ValueError(f"the frame rows and the track rows would both go to {out}")
-    if annotate is not None:
-        write_codec(annotate)
+    _check_outputs(path, out, tracks_out, annotate)
     reader = VideoReader(path)
-    info, file, run = reader.info, str(path), VideoRun()
-    frames_out, tracks_writer, tracks = RowSink(out, FRAME_COLUMNS), RowSink(tracks_out, TRACK_COLUMNS), {}
-    writer = VideoWriter(annotate, info.fps, (info.width, info.height)) if annotate else None
+    info, file, run, tracks = reader.info, str(path), VideoRun(), {}
+    try:
+        writer, frames_out, tracks_writer = _open_outputs(info, out, tracks_out, annotate)
+    except BaseException:
+        reader.close()
+        raise
     start = time.perf_counter()
     bar = tqdm(total=info.frames or None, desc=Path(path).name, unit="frame", disable=None if progress else True,
                dynamic_ncols=True)
@@ -117,6 +116,41 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
             tracks_writer.close()
             run.tracks, run.seconds = len(tracks), time.perf_counter() - start
     return run
+
+
+def _check_outputs(video: str | Path, out: str | Path, tracks_out: str | Path, annotate: str | Path | None) -> None:
+    """Every output name checked before anything is opened, so that a mistyped one leaves no half-written files:
+    kinds (rows to .csv/.json, a video the writer can make), folders that can be written, no two outputs the same
+    file, and none of them the video itself (an annotated copy over its input replaced the clip with a stub)."""
+    out, tracks_out = check_rows_path(out), check_rows_path(tracks_out)
+    if out.resolve() == tracks_out.resolve():
+        raise ValueError(f"the frame rows and the track rows would both go to {out}")
+    outputs = {"--out": out, "--tracks": tracks_out, "--annotate": annotate}
+    if annotate is not None:
+        write_codec(annotate)
+    for what, target in outputs.items():
+        if target is not None:
+            check_writable(target, what)
+    check_not_inputs(outputs, [video])
+
+
+def _open_outputs(info: VideoInfo, out: str | Path, tracks_out: str | Path,
+                  annotate: str | Path | None) -> tuple[VideoWriter | None, RowSink, RowSink]:
+    """The annotated video's writer (opened first: OpenCV may still refuse it) and the two row sinks; whatever was
+    opened is removed again if a later one fails, so a refused output leaves no header-only files."""
+    writer = VideoWriter(annotate, info.fps, (info.width, info.height)) if annotate else None
+    sinks: list[RowSink] = []
+    try:
+        sinks.append(RowSink(out, FRAME_COLUMNS))
+        sinks.append(RowSink(tracks_out, TRACK_COLUMNS))
+    except BaseException:
+        for sink in sinks:
+            sink.discard()
+        if writer is not None:
+            writer.close()
+            Path(annotate).unlink(missing_ok=True)
+        raise
+    return writer, sinks[0], sinks[1]
 
 
 def _write_annotated(writer: VideoWriter, pixels: np.ndarray, frame: TrackedFrame) -> None:
