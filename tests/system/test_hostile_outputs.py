@@ -5,6 +5,7 @@ naming the path and what was lost."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -78,3 +79,40 @@ def test_outputs_never_overwrite_an_input_photo(tmp_path: Path, caplog: pytest.L
     caplog.clear()
     assert main(["predict", str(folder / "a.jpg"), str(listed), "--out", str(listed), "-q"]) == 2
     assert f"--out {listed} is the input {listed}" in caplog.text and listed.read_text() == "[]"
+
+
+def _file_size_limit(limit: int):
+    """In the child before exec: files may grow to ``limit`` bytes at most, after which a write fails (EFBIG, as
+    ENOSPC on a full disk: the same failed write(2) for the program)."""
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    return apply
+
+
+def test_rows_that_cannot_be_written_are_said_with_the_path_and_what_was_kept(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    proc = _agegender("predict", str(photos), "--out", str(out), "--workers", "1", "--batch-size", "8", "-q",
+                      preexec_fn=_file_size_limit(4096))
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    kept = int(errors[0].split("; the ")[1].split(" rows before")[0])
+    assert f"{out}: cannot write rows (File too large); the {kept} rows before are in {out}.partial" in errors[0]
+    assert not out.exists()
+    rows = pd.read_csv(out.with_name("p.csv.partial"))
+    assert 0 < kept <= len(rows) < 300  # every row reported is there (the failed write may have added a torn one)
+
+
+@pytest.mark.slow
+def test_a_cache_folder_that_cannot_be_written_is_named(trained_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnx", reason="exporting a checkpoint needs the onnx package")
+    cache, out = tmp_path / "cache", tmp_path / "p.csv"
+    env = {**_env(), "AGEGENDER_CACHE": str(cache)}
+    proc = subprocess.run([sys.executable, "-m", "agegender", "predict", str(ASTRONAUT), "--out", str(out),
+                           "--model", str(trained_run / "best.pt"), "--runtime", "onnx", "-q"], env=env,
+                          capture_output=True, text=True, timeout=600, preexec_fn=_file_size_limit(1_000_000))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (error,) = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert "cannot write (File too large)" in error and f"cache folder {cache / 'onnx'}: free space there" in error
+    assert "AGEGENDER_CACHE" in error and not out.exists()

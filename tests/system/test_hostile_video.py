@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytest.importorskip("cv2", reason="the video extras are not installed (pip install 'agegender[video]')")
@@ -101,3 +103,24 @@ def test_an_output_that_cannot_be_opened_leaves_no_other_file(short_clip: Path, 
         assert main(["predict", str(short_clip), "--out", str(out), *option, "-q"]) == 2, option
         assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
         assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"], option  # no header-only CSVs
+
+
+@pytest.mark.parametrize("suffix, limit", [(".avi", 100_000), (".mp4", 12_000)])
+def test_an_annotated_video_that_does_not_reach_the_disk_is_reported(tmp_path: Path, suffix: str,
+                                                                     limit: int) -> None:
+    """A file size limit stands in for a full disk: the annotated copy's writes fail once it has ``limit`` bytes
+    (MJPEG takes 2.7 kB a frame here, MPEG-4 0.3), while the rows (7 kB) are written whole."""
+    clip = _walking_face(60, tmp_path / "clip.avi")
+    out, annotated = tmp_path / "f.csv", tmp_path / f"annotated{suffix}"
+
+    def size_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    proc = subprocess.run([sys.executable, "-m", "agegender", "predict", str(clip), "--out", str(out), "--annotate",
+                           str(annotated), "--every", "3", "--min-face", "40", "-q"], env=_env(), capture_output=True,
+                          text=True, timeout=600, preexec_fn=size_limit)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, lines[:20]  # one line, not one per frame
+    assert f"{annotated}: the annotated video is incomplete, 60 frames were written to it but" in lines[0]
+    assert pd.read_csv(out)["frame"].tolist() == list(range(0, 60, 3))  # the rows are whole

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 
@@ -56,22 +57,22 @@ def _predict_photos(predictor, args: argparse.Namespace, out_path: Path, annotat
     from agegender.inference.annotate import AnnotatedCopies
     from agegender.inference.batch import PHOTO_COLUMNS, RunSummary, predict_files, problem_row
     from agegender.io.outputs import check_not_inputs
-    from agegender.io.sinks import row_sink
+    from agegender.io.sinks import RowSink
 
     files, missing = _predict_files(args)
     check_not_inputs({"--out": out_path}, files)
     summary = RunSummary(len(files), problems=list(missing))
     annotate = AnnotatedCopies(annotate_dir, files) if annotate_dir else None
+    sink = RowSink(out_path, PHOTO_COLUMNS)
     try:
-        # Whatever stops the run (Ctrl-C included), the rows already made are in place when the sink closes.
-        with row_sink(out_path, PHOTO_COLUMNS) as sink:
+        # Whatever stops the run (Ctrl-C, SIGTERM), the rows already made are in place when the sink closes.
+        with contextlib.closing(sink):
             sink.write(problem_row(f, why) for f, why in missing)
             predict_files(predictor, files, sink, aligned=args.aligned, batch_size=args.batch_size,
-                          max_faces=args.max_faces, annotate=annotate,
-                          progress=not args.quiet, summary=summary)
+                          max_faces=args.max_faces, annotate=annotate, progress=not args.quiet, summary=summary)
     finally:
-        if summary.done < len(files):
-            log.warning("stopped after %d of %d files; their rows are in %s", summary.done, len(files), out_path)
+        if summary.done < len(files) and sink.failed is None:  # a failed write said where its rows are
+            log.warning("stopped after %d of %d files; their rows are in %s", summary.done, len(files), sink.where)
     for f, why in summary.problems:
         log.warning("%s", why if why.startswith(f) else f"{f}: {why}")
     log.info("%d files: %d faces, %d without a face, %d problems -> %s", len(files), summary.faces, summary.no_face,
@@ -109,5 +110,6 @@ def _predict_video(predictor, video: Path, args: argparse.Namespace) -> int:
              tracks, f", annotated -> {args.annotate}" if args.annotate else "")
     if run.error:
         log.warning("%s (the rows of the frames before it are written)", run.error)
-        return EXIT_PARTIAL
-    return EXIT_OK
+    for problem in run.problems:
+        log.warning("%s", problem)
+    return EXIT_PARTIAL if run.error or run.problems else EXIT_OK

@@ -21,14 +21,18 @@ from tqdm.auto import tqdm
 from agegender.data.records import Record, data_fingerprint
 from agegender.errors import ImageReadError
 from agegender.io.images import open_image
+from agegender.io.outputs import writing
 
 log = logging.getLogger(__name__)
 # "none" decodes every image on every read (the reference pipeline); the others build a cache.
 CACHE_MODES = ("none", "memory", "disk")
 
 
+CACHE_ENV = "AGEGENDER_CACHE"
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("AGEGENDER_CACHE", Path.home() / ".cache" / "agegender"))
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "agegender"))
 
 
 def _decode_all(root: Path, records: Sequence[Record], decode: Callable, out: np.ndarray, ok: np.ndarray,
@@ -66,25 +70,43 @@ def build_cache(root: str | Path, records: Sequence[Record], decode: Callable, s
     kind = getattr(load, "cache_key", "")
     key = f"{data_fingerprint(root, records)}_{len(records)}_{side}{kind}"
     folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     path, ok_path = folder / f"{key}.npy", folder / f"{key}.ok.npy"
     if path.exists() and ok_path.exists():
         log.info("using decoded-image cache %s", path)
         return np.load(path, mmap_mode="r"), np.load(ok_path)
     log.info("building decoded-image cache %s (%.0f MB)", path, np.prod(shape) / 1e6)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    ok = np.zeros(len(records), bool)
     try:
+        with _cache_writes(folder):
+            pixels = _reserved_memmap(tmp, shape)
+        ok = np.zeros(len(records), bool)
         _summarise(_decode_all(root, records, decode, pixels, ok, progress, load), len(records))
-        pixels.flush()
-        del pixels
-        np.save(ok_path.with_name(ok_path.name + ".tmp.npy"), ok)
-        os.replace(ok_path.with_name(ok_path.name + ".tmp.npy"), ok_path)
-        os.replace(tmp, path)
+        with _cache_writes(folder):
+            pixels.flush()
+            del pixels
+            np.save(ok_path.with_name(ok_path.name + ".tmp.npy"), ok)
+            os.replace(ok_path.with_name(ok_path.name + ".tmp.npy"), ok_path)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return np.load(path, mmap_mode="r"), ok
+
+
+def _cache_writes(folder: Path):
+    """Failed writes in the cache folder said as such, with what to do (a full disk gave a bare "[Errno 28]")."""
+    return writing(folder, "cache folder", f"free space there, point {CACHE_ENV} at another folder, or use "
+                   "--cache memory")
+
+
+def _reserved_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A new uint8 ``.npy`` memory map at ``path`` whose blocks are allocated now: a sparse file on a disk that
+    fills up kills the process (SIGBUS) at the first page that cannot be stored, where this raises ENOSPC."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return pixels
 
 
 def _summarise(failures: list[tuple[str, str]], total: int) -> None:

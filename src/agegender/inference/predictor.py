@@ -36,7 +36,8 @@ DEFAULT_MAX_FACES = 50
 def _exported(checkpoint: Path) -> Path:
     """The ONNX export of ``checkpoint``: the shipped file for the bundled model, else one made once and kept
     in the cache folder (keyed by the checkpoint's content hash; needs torch and onnx)."""
-    from agegender.data.cache import cache_dir
+    from agegender.data.cache import CACHE_ENV, cache_dir
+    from agegender.io.outputs import writing
 
     if checkpoint.resolve() == BUNDLED_MODEL.resolve() and BUNDLED_ONNX.is_file():
         return BUNDLED_ONNX
@@ -47,7 +48,8 @@ def _exported(checkpoint: Path) -> Path:
 
     out = cache_dir() / "onnx" / f"{checkpoint.stem}-{file_sha256(checkpoint)[:16]}.onnx"
     if not out.exists():
-        export_checkpoint(checkpoint, out)
+        with writing(out.parent, "cache folder", f"free space there, or point {CACHE_ENV} at another folder"):
+            export_checkpoint(checkpoint, out)
     return out
 
 

@@ -83,11 +83,27 @@ def interrupts_held() -> Iterator[None]:
         previous[received[0]](received[0], None)
 
 
+@contextmanager
+def writing(path: str | Path, what: str = "", then: str = "") -> Iterator[None]:
+    """An ``OSError`` of the block raised as :class:`OutputError` naming ``path`` (``what`` it is, then ``then``,
+    what to do): a failed ``write()`` names no file, so a full disk read as a bare "[Errno 28] No space left on
+    device" while the output the user named had room. An :class:`OutputError` from within (a file of ``path``)
+    gets ``then`` added."""
+    try:
+        yield
+    except OutputError as e:
+        raise OutputError(f"{e}; {what + ' ' if what else ''}{path}: {then}" if then else str(e)) from None
+    except OSError as e:
+        raise OutputError(f"{what + ' ' if what else ''}{path}: cannot write ({_reason(e)})"
+                          f"{'; ' + then if then else ''}") from None
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write`` on a temporary file in ``path``'s folder, fsync, then rename it to ``path``: a crash
-    never leaves a torn file where a good one was, and a failed write leaves the old file untouched. Ctrl-C
-    during the write takes effect once the file is in place (:func:`interrupts_held`)."""
-    with interrupts_held():
+    never leaves a torn file where a good one was, and a failed write leaves the old file untouched (and raises
+    :class:`OutputError` naming ``path``). Ctrl-C during the write takes effect once the file is in place
+    (:func:`interrupts_held`)."""
+    with interrupts_held(), writing(path, then="it is left as it was"):
         _atomic_write(Path(path), write)
 
 

@@ -4,11 +4,14 @@ Rows stream into ``OUT.partial`` beside the output as they come (flushed after e
 rows in memory, and ``tail -f`` shows them) and :meth:`RowSink.close` moves the finished file to ``OUT``: the
 output path never holds a torn file, and a run stopped by an error or Ctrl-C still gets every row it made,
 because ``close`` runs on the way out (``with row_sink(...)``). A run killed outright leaves its rows in
-``OUT.partial``. Cells are written as :func:`agegender.io.outputs.csv_row` makes them.
+``OUT.partial``, and so does a write that fails (a full disk): the file may end in a torn row there, so it is
+never renamed to ``OUT``, and the error says how many rows reached it. Cells are written as
+:func:`agegender.io.outputs.csv_row` makes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -53,6 +56,7 @@ class RowSink:
 
     def __init__(self, path: str | Path, columns: list[str]) -> None:
         self.path, self.columns, self.rows = check_rows_path(path), list(columns), 0
+        self.failed: OutputError | None = None  # the write that failed, after which nothing more is written
         self._json = self.path.suffix.lower() == ".json"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = partial_path(self.path)
@@ -66,15 +70,24 @@ class RowSink:
                                        lineterminator="\n")
             self._guarded(lambda f: self._csv.writeheader())
 
+    @property
+    def where(self) -> Path:
+        """The file that holds the rows written so far: ``OUT`` once closed, else ``OUT.partial``."""
+        return self.path if self._file is None and self.failed is None else self._tmp
+
     def _guarded(self, write) -> None:
         """Run ``write`` on the open file and flush; a failure (a full disk) is an :class:`OutputError` that names
-        the output and how many rows reached it."""
+        the output, how many rows reached it and where they are; the sink writes nothing more after it."""
+        if self.failed is not None:
+            raise self.failed
         try:
             write(self._file)
             self._file.flush()
         except OSError as e:
-            raise OutputError(f"{self.path}: cannot write rows ({one_line(e)}); {self.rows} rows were written "
-                              f"before, the rest of this run's rows are lost") from None
+            reason = e.strerror or one_line(e)
+            self.failed = OutputError(f"{self.path}: cannot write rows ({reason}); the {self.rows} rows before are "
+                                      f"in {self._tmp}, the rest of this run's rows are lost")
+            raise self.failed from None
 
     def write(self, rows: Iterable[dict]) -> None:
         rows = [{k: r.get(k) for k in self.columns} for r in rows]
@@ -89,20 +102,27 @@ class RowSink:
         self.rows += len(rows)
 
     def close(self) -> None:
-        """Finish the file and move it into place (idempotent)."""
+        """Finish the file and move it into place (idempotent). After a failed write the rows that reached the
+        disk stay in ``OUT.partial`` and nothing is raised again (the failed write raised already); a failure now
+        raises :class:`OutputError` and leaves them there too."""
         if self._file is None:
             return
         with interrupts_held():
             try:
-                if self._json:
-                    self._guarded(lambda f: f.write("\n]\n" if self.rows else "]\n"))
-                self._guarded(lambda f: os.fsync(f.fileno()))
-                self._file.close()
-                self._file = None
+                if self.failed is None:
+                    if self._json:
+                        self._guarded(lambda f: f.write("\n]\n" if self.rows else "]\n"))
+                    self._guarded(lambda f: os.fsync(f.fileno()))
+            finally:
+                self._close_file()
+            if self.failed is None:
                 os.replace(self._tmp, self.path)
-            except BaseException:
-                self.discard()
-                raise
+
+    def _close_file(self) -> None:
+        # The buffer's last flush may fail again after a write that failed already: nothing more can be saved.
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self._file = None
 
     def discard(self) -> None:
         """Drop the temporary file without touching ``path`` (an output refused before any row was made)."""

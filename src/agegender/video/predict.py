@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +48,9 @@ def track_rows(file: str, tracks: dict[int, TrackEstimate], fps: float) -> list[
 
 @dataclass
 class VideoRun:
-    """What :func:`predict_video` did: frames read and analysed, face rows, tracks, seconds, and the reason it
-    stopped early (None when the video was read to its end)."""
+    """What :func:`predict_video` did: frames read and analysed, face rows, tracks, seconds, the reason it
+    stopped early (None when the video was read to its end), and what else went wrong (an annotated copy that did
+    not reach the disk whole), one line each."""
 
     frames: int = 0
     analysed: int = 0
@@ -57,6 +58,7 @@ class VideoRun:
     tracks: int = 0
     seconds: float = 0.0
     error: str | None = None
+    problems: list[str] = field(default_factory=list)
 
 
 def video_ahead(predictor: Predictor) -> int:
@@ -112,6 +114,8 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
             frames_out.close()
             if writer is not None:
                 writer.close()
+                if problem := writer.incomplete():
+                    run.problems.append(problem)
             tracks_writer.write(track_rows(file, tracks, info.fps))
             tracks_writer.close()
             run.tracks, run.seconds = len(tracks), time.perf_counter() - start
