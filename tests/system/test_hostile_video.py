@@ -4,23 +4,28 @@ a crowd over ``--max-faces``, outputs that cannot be opened or written."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import resource
 import signal
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 pytest.importorskip("cv2", reason="the video extras are not installed (pip install 'agegender[video]')")
 pytest.importorskip("norfair", reason="the video extras are not installed (pip install 'agegender[video]')")
 
 from agegender.cli import main  # noqa: E402
+from agegender.errors import VideoError  # noqa: E402
 from agegender.video.clips import VideoReader, VideoWriter  # noqa: E402
 from agegender.video.synthetic import Walker, render, sprite  # noqa: E402
 
@@ -124,3 +129,148 @@ def test_an_annotated_video_that_does_not_reach_the_disk_is_reported(tmp_path: P
     assert len(lines) == 1 and "Traceback" not in proc.stderr, lines[:20]  # one line, not one per frame
     assert f"{annotated}: the annotated video is incomplete, 60 frames were written to it but" in lines[0]
     assert pd.read_csv(out)["frame"].tolist() == list(range(0, 60, 3))  # the rows are whole
+
+
+# --------------------------------------------------------------------------- clips written byte by byte
+
+
+def _chunk(fourcc: bytes, data: bytes) -> bytes:
+    return fourcc + struct.pack("<I", len(data)) + data + (b"\0" if len(data) % 2 else b"")
+
+
+def _jpeg(frame: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def mjpeg_avi(payloads: list[bytes | None], size: tuple[int, int], fps: int = FPS) -> bytes:
+    """A Motion-JPEG AVI of ``payloads`` (JPEG bytes each; None: an empty chunk, which AVI uses for a dropped
+    frame, so the frames after it are that much later: a variable frame rate) whose headers declare ``size``."""
+    w, h = size
+    n = len(payloads)
+    avih = struct.pack("<10I4I", round(1e6 / fps), 0, 0, 0x10, n, 0, 1, 0, w, h, 0, 0, 0, 0)
+    strh = b"vidsMJPG" + struct.pack("<IHHIIIIIIIIhhhh", 0, 0, 0, 0, 1, fps, 0, n, 0, 0xFFFFFFFF, 0, 0, 0,
+                                     min(w, 32767), min(h, 32767))
+    strf = struct.pack("<IiiHH4sIiiII", 40, w, h, 1, 24, b"MJPG", 0, 0, 0, 0, 0)
+    strl = _chunk(b"LIST", b"strl" + _chunk(b"strh", strh) + _chunk(b"strf", strf))
+    hdrl = _chunk(b"LIST", b"hdrl" + _chunk(b"avih", avih) + strl)
+    movi, index, offset = b"", b"", 4
+    for data in payloads:
+        index += b"00dc" + struct.pack("<III", 0x10 if data else 0, offset, len(data or b""))
+        movi += _chunk(b"00dc", data or b"")
+        offset += 8 + len(data or b"") + len(data or b"") % 2
+    body = b"AVI " + hdrl + _chunk(b"LIST", b"movi" + movi) + _chunk(b"idx1", index)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """An 8x8 JPEG (about 630 bytes) whose frame header claims ``width`` x ``height``."""
+    data = bytearray(_jpeg(np.full((8, 8, 3), 90, np.uint8)))
+    struct.pack_into(">HH", data, data.index(b"\xff\xc0") + 5, height, width)
+    return bytes(data)
+
+
+def test_frames_over_the_pixel_limit_are_refused_before_they_are_decoded(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    bomb = tmp_path / "bomb.avi"  # 2 kB: three 14000x14000 frames of 630 bytes each
+    bomb.write_bytes(mjpeg_avi([_jpeg_claiming(14000, 14000)] * 3, (14000, 14000)))
+    out = tmp_path / "f.csv"
+    assert main(["predict", str(bomb), "--out", str(out), "-q"]) == 2
+    assert "its frames are 14000x14000 pixels, over the limit of 64,000,000" in caplog.text
+    assert not out.exists()
+    # A clip whose frames grow part-way is held to the size of its first: OpenCV scales every frame to it.
+    small, large = np.full((120, 160, 3), 100, np.uint8), np.full((240, 320, 3), 100, np.uint8)
+    growing = tmp_path / "growing.avi"
+    growing.write_bytes(mjpeg_avi([_jpeg(small)] * 3 + [_jpeg(large)], (160, 120)))
+    with VideoReader(growing, max_pixels=20_000) as reader:
+        assert [frame.shape for frame in reader] == [(120, 160, 3)] * 4
+    with pytest.raises(VideoError, match="its frames are 160x120 pixels, over the limit of 10,000"):
+        VideoReader(growing, max_pixels=10_000)
+
+
+def test_a_variable_frame_rate_gives_each_frame_its_own_time(tmp_path: Path) -> None:
+    """Ten frames, five dropped (empty chunks), ten more: frame 10 is at 1.5 s, not at 10 / 10 fps."""
+    face = sprite(ASTRONAUT, (150, 25, 300, 205), 70)
+    frames = [_jpeg(f) for f in render([Walker(face, (0, 20), (90, 30))], 20, SIZE)]
+    clip = tmp_path / "vfr.avi"
+    clip.write_bytes(mjpeg_avi(frames[:10] + [None] * 5 + frames[10:], SIZE))
+    out = tmp_path / "f.csv"
+    assert main(["predict", str(clip), "--out", str(out), "--min-face", "40", "-q"]) == 0
+    rows = pd.read_csv(out)
+    expected = [i / FPS for i in range(10)] + [(i + 5) / FPS for i in range(10, 20)]
+    assert rows["frame"].tolist() == list(range(20))
+    assert rows["time_s"].tolist() == pytest.approx(expected)
+    tracks = pd.read_csv(tmp_path / "f_tracks.csv")
+    assert (tracks["first_time_s"].iloc[0], tracks["last_time_s"].iloc[0]) == pytest.approx((0.0, 2.4))
+
+
+@pytest.mark.parametrize("suffix, codec", [(".ts", "mp4v"), (".wmv", "WMV2"), (".mkv", "MJPG")])
+def test_a_truncated_container_is_found_whatever_its_frame_count_says(tmp_path: Path, suffix: str, codec: str,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Cut at 60%: the .ts then reports a frame count that fits the cut, the .wmv none; the .mkv keeps its
+    duration. Each is found short by its container's own lengths or by its last timestamp."""
+    import cv2
+
+    face = sprite(ASTRONAUT, (150, 25, 300, 205), 70)
+    clip = tmp_path / f"clip{suffix}"
+    writer = cv2.VideoWriter(str(clip), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*codec), FPS, SIZE)
+    if not writer.isOpened():
+        pytest.skip(f"this OpenCV cannot write {codec} into {suffix}")
+    for frame in render([Walker(face, (0, 20), (90, 30))], 20, SIZE):
+        writer.write(np.ascontiguousarray(frame[..., ::-1]))
+    writer.release()
+    out = tmp_path / "f.csv"
+    assert main(["predict", str(clip), "--out", str(out), "--min-face", "40", "-q"]) == 0
+    assert len(pd.read_csv(out)) == 20
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size * 6 // 10])
+    caplog.clear()
+    assert main(["predict", str(cut), "--out", str(out), "--min-face", "40", "-q"]) == 1
+    assert "truncated" in caplog.text, caplog.text
+    frames = pd.read_csv(out)["frame"].tolist()
+    assert 0 < len(frames) < 16 and frames == list(range(len(frames)))
+
+
+def test_a_video_of_a_crowd_keeps_to_max_faces(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    face = sprite(ASTRONAUT, (150, 25, 300, 205), 50)
+    walkers = [Walker(face, (10 + 75 * (i % 4), 10 + 110 * (i // 4)), (14 + 75 * (i % 4), 12 + 110 * (i // 4)))
+               for i in range(8)]
+    clip = tmp_path / "crowd.avi"
+    with VideoWriter(clip, FPS, (320, 240)) as writer:
+        for frame in render(walkers, 4, (320, 240)):
+            writer.write(frame)
+    out = tmp_path / "f.csv"
+    assert main(["predict", str(clip), "--out", str(out), "--min-face", "30", "-q"]) == 0
+    assert pd.read_csv(out).groupby("frame").size().tolist() == [8] * 4
+    caplog.clear()
+    assert main(["predict", str(clip), "--out", str(out), "--min-face", "30", "--max-faces", "3", "-q"]) == 1
+    assert pd.read_csv(out).groupby("frame").size().tolist() == [3] * 4
+    assert "4 of 4 analysed frames had more than --max-faces 3 faces; the 3 largest of each were followed" \
+        in caplog.text
+
+
+def test_frames_held_in_flight_are_bounded_whatever_every_and_workers_ask(caplog: pytest.LogCaptureFixture) -> None:
+    """--every 600 held the 1,200 frames between two analysed ones, --workers 600 600 frames being searched."""
+    from agegender.inference.predictor import Predictor
+    from agegender.video.tracking import FRAMES_AHEAD_BYTES, track
+
+    frame = np.zeros((720, 1280, 3), np.uint8)  # one array, given again and again: no memory of its own
+    state = {"read": 0, "answered": 0, "most": 0}
+
+    def frames():
+        for _ in range(1300):
+            state["read"] += 1
+            state["most"] = max(state["most"], state["read"] - state["answered"])
+            yield frame
+
+    predictor = Predictor.default()
+    for ahead in (2, 64):
+        state.update(read=0, answered=0, most=0)
+        for answer in track(predictor, frames(), every=600, ahead=ahead):
+            state["answered"] += 1
+            assert answer.index == state["answered"] - 1
+        assert state["answered"] == 1300
+        assert state["most"] <= FRAMES_AHEAD_BYTES // frame.nbytes + 1, ahead  # 48 of 720p, not 1,200
+    with pytest.raises(SystemExit, match="^2$"):  # a one-line usage error
+        main(["predict", "clip.mp4", "--out", "f.csv", "--workers", "600"])

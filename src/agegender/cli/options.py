@@ -163,8 +163,9 @@ def _add_run_options(p: argparse.ArgumentParser, batch_size: int, batch_help: st
     """The options of a command that runs a model over many images: batch size, threads, model, logging."""
     p.add_argument("--batch-size", type=_number(int, 1), default=batch_size,
                    help=f"{batch_help} (default {batch_size})")
-    p.add_argument("--workers", type=_number(int, 0), default=0,
-                   help=f"{workers_help} (default 0 = one per core, at most 4)")
+    # At most 64: each thread holds a group of decoded photos or a video frame being searched (600 held 1.8 GB).
+    p.add_argument("--workers", type=_number(int, 0, 64), default=0,
+                   help=f"{workers_help}, 0-64 (default 0 = one per core, at most 4)")
     _add_model_options(p, device)
     _add_common(p)
 

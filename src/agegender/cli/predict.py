@@ -101,7 +101,8 @@ def _predict_video(predictor, video: Path, args: argparse.Namespace) -> int:
 
         out = Path(args.out)
         tracks = Path(args.tracks) if args.tracks else out.with_name(f"{out.stem}_tracks{out.suffix}")
-        run = predict_video(predictor, video, out, tracks, args.annotate, args.every, progress=not args.quiet)
+        run = predict_video(predictor, video, out, tracks, args.annotate, args.every, progress=not args.quiet,
+                            max_faces=args.max_faces)
     except ImportError as e:
         log.error("%s", e)
         return EXIT_USAGE
@@ -110,6 +111,9 @@ def _predict_video(predictor, video: Path, args: argparse.Namespace) -> int:
              tracks, f", annotated -> {args.annotate}" if args.annotate else "")
     if run.error:
         log.warning("%s (the rows of the frames before it are written)", run.error)
+    if run.crowded:
+        run.problems.append(f"{video}: {run.crowded} of {run.analysed} analysed frames had more than --max-faces "
+                            f"{args.max_faces} faces; the {args.max_faces} largest of each were followed")
     for problem in run.problems:
         log.warning("%s", problem)
     return EXIT_PARTIAL if run.error or run.problems else EXIT_OK

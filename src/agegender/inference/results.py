@@ -116,13 +116,21 @@ class TrackedFace:
 class TrackedFrame:
     """What :func:`agegender.video.tracking.track` yields for each frame. ``analysed``: faces were detected
     in this frame; on frames skipped by ``every`` it is False and ``faces`` are the last analysed frame's (boxes
-    not moved). ``tracks``: the running estimate of every track so far, by track number."""
+    not moved). ``tracks``: the running estimate of every track so far, by track number. ``found``: faces the
+    detector found in this frame (None where it was not analysed); more than ``faces`` where a ``max_faces`` cap
+    kept the largest only."""
 
     index: int
     time_s: float | None
     analysed: bool
     faces: list[TrackedFace]
     tracks: dict[int, TrackEstimate] = field(default_factory=dict)
+    found: int | None = None
+
+    @property
+    def dropped(self) -> int:
+        """Faces found but left out by a ``max_faces`` cap (0 on a frame not analysed)."""
+        return 0 if self.found is None or not self.analysed else self.found - len(self.faces)
 
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ try:  # the video extra; an inference-only install has none, and says so when a 
 except ImportError:
     cv2 = None
 
-from agegender.errors import VideoError
-from agegender.io.images import as_rgb_array  # noqa: E402
+from agegender.errors import VideoError  # noqa: E402
+from agegender.io.images import MAX_PIXELS, as_rgb_array  # noqa: E402
+from agegender.video.containers import declared_size  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".m
                             ".flv", ".3gp", ".y4m", ".mjpeg"})
 # The codec written for each output suffix.
 WRITE_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
-# Frames a container may over-declare without the file being damaged (counts estimated from the duration).
+# Frames a container may over-declare without the file being damaged (durations are often rounded up).
 COUNT_SLACK = 2
 
 
@@ -91,15 +93,22 @@ class _Closing:
 
 
 class VideoReader(_Closing):
-    """The frames of a video file, in order: ``for frame in VideoReader(path)`` gives ``(H, W, 3)`` uint8 RGB.
+    """The frames of a video file, in order: ``for frame in VideoReader(path)`` gives ``(H, W, 3)`` uint8 RGB, and
+    ``times[i]`` the time of frame ``i`` in seconds, from its own timestamp (a clip of variable frame rate put
+    frame 20 at 8.0 s by its index over the average rate, where its timestamp said 11.0 s).
 
-    Raises :class:`VideoError` at once when the file cannot be opened, and after the last whole frame when the
-    file ends before the frames its container declares: everything before the damage is yielded first.
+    Raises :class:`VideoError` at once when the file cannot be opened or its frames are over ``max_pixels`` (the
+    decoding gate's limit for photos: a 2.4 MB MJPEG clip of 14000x14000 frames took 6.4 GB; OpenCV scales every
+    frame to the stream's size, so a frame that grows part-way is held to it too), and after the last whole frame
+    when the file ends before its container says it does:
+    its last frame is earlier than the duration the container declares, or the file is shorter than the bytes its
+    container states (:mod:`agegender.video.containers`; a truncated .ts or .wmv reports a frame count that fits
+    the cut, or none). Everything before the damage is yielded first.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_pixels: int = MAX_PIXELS) -> None:
         _need_opencv()
-        self.path = Path(path)
+        self.path, self.max_pixels = Path(path), max_pixels
         if not self.path.is_file():
             raise VideoError(f"{self.path}: no such file")
         with _opencv_errors_only():  # the VideoError below says it in one line
@@ -113,32 +122,65 @@ class VideoReader(_Closing):
                               width=int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
                               height=int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
                               frames=max(0, int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))))
+        if self.info.width * self.info.height > max_pixels:
+            self._cap.release()
+            raise VideoError(f"{self.path}: its frames are {self.info.width}x{self.info.height} pixels, over the "
+                             f"limit of {max_pixels:,} (a decompression bomb, or far larger than faces need)")
         self.frames_read = 0
+        self.times = array("d")
 
     def __iter__(self) -> Iterator[np.ndarray]:
         # One frame is read ahead: the frame read last before a break is often decoded from half its data (grey
         # or smeared below the cut) and is left out, so every frame yielded is whole.
-        decoded, ahead = 0, None
+        decoded, ahead, problem = 0, None, None
         while True:
             ok, bgr = self._cap.read()
             if not ok or bgr is None:
+                problem = self._cut_short(decoded)
                 break
+            time_s = self._timestamp()
             decoded += 1
             if ahead is not None:
                 yield self._yield(ahead)
-            ahead = bgr
-        broken = self.info.frames and decoded < self.info.frames - COUNT_SLACK
-        if ahead is not None and not broken:
+            ahead = (bgr, time_s)
+        if ahead is not None and problem is None:
             yield self._yield(ahead)
-        if broken:
-            raise VideoError(f"{self.path}: unreadable after frame {decoded} of the {self.info.frames} its "
-                             f"container declares (truncated or damaged; frame {decoded} itself, at the break, "
-                             "is left out)")
+        if problem:
+            raise VideoError(problem)
         if decoded == 0:
             raise VideoError(f"{self.path}: no frame could be decoded")
 
-    def _yield(self, bgr: np.ndarray) -> np.ndarray:
+    def _timestamp(self) -> float:
+        """The time of the frame just read: its timestamp, or one frame after the last where it has none that
+        comes later (a decoder's flushed last frame reads 0)."""
+        time_s = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000
+        last = self._last_time
+        if not np.isfinite(time_s) or time_s < 0 or (last is not None and time_s <= last):
+            time_s = 0.0 if last is None else last + 1 / self.info.fps
+        self._last_time = time_s
+        return time_s
+
+    _last_time: float | None = None
+
+    def _cut_short(self, decoded: int) -> str | None:
+        """Why the file ended early (one line), or None when it ended where its container says."""
+        declared, fps, last = self.info.frames, self.info.fps, self._last_time
+        if declared and last is not None and last + (1 + COUNT_SLACK) / fps < declared / fps:
+            return (f"{self.path}: unreadable after frame {decoded} ({last:.2f} s) of the {declared / fps:.2f} s its "
+                    f"container declares (truncated or damaged; frame {decoded} itself, at the break, is left out)")
+        try:
+            size, expected = self.path.stat().st_size, declared_size(self.path)
+        except OSError:
+            return None
+        if expected is not None and size < expected:
+            return (f"{self.path}: the file ends at byte {size:,} of the {expected:,} its container declares "
+                    f"(truncated; frame {decoded}, at the cut, is left out)")
+        return None
+
+    def _yield(self, frame: tuple[np.ndarray, float]) -> np.ndarray:
+        bgr, time_s = frame
         self.frames_read += 1
+        self.times.append(time_s)
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def close(self) -> None:

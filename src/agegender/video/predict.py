@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from agegender.errors import VideoError
 from agegender.inference.batch import PHOTO_COLUMNS, face_row
-from agegender.inference.predictor import Predictor
+from agegender.inference.predictor import DEFAULT_MAX_FACES, Predictor
 from agegender.inference.results import TrackedFrame, TrackEstimate, rounded
 from agegender.io.outputs import check_not_inputs, check_writable, interrupts_held
 from agegender.io.sinks import RowSink, check_rows_path
@@ -33,16 +33,18 @@ TRACK_COLUMNS = ["file", "track", "first_frame", "last_frame", "first_time_s", "
                  "age_low", "age_high", "age_sigma", "gender", "p_female"]
 
 
-def frame_rows(file: str, frame: TrackedFrame) -> list[dict]:
-    """The rows of one analysed frame: one per face, with its track."""
-    return [{**face_row(file, tracked.face), "frame": frame.index, "time_s": rounded("time_s", frame.time_s),
+def frame_rows(file: str, frame: TrackedFrame, time_s: float | None = None) -> list[dict]:
+    """The rows of one analysed frame: one per face, with its track; ``time_s`` (default the frame's own)."""
+    time_s = frame.time_s if time_s is None else time_s
+    return [{**face_row(file, tracked.face), "frame": frame.index, "time_s": rounded("time_s", time_s),
              "track": tracked.track} for tracked in frame.faces]
 
 
-def track_rows(file: str, tracks: dict[int, TrackEstimate], fps: float) -> list[dict]:
-    """One row per track: its frame range (and times), frames used and combined estimate."""
-    return [{**estimate.to_dict(), "file": file, "first_time_s": rounded("first_time_s", estimate.first_frame / fps),
-             "last_time_s": rounded("last_time_s", estimate.last_frame / fps)}
+def track_rows(file: str, tracks: dict[int, TrackEstimate], time_of: Callable[[int], float]) -> list[dict]:
+    """One row per track: its frame range (and their times, ``time_of(frame)``), frames used and combined
+    estimate."""
+    return [{**estimate.to_dict(), "file": file, "first_time_s": rounded("first_time_s", time_of(estimate.first_frame)),
+             "last_time_s": rounded("last_time_s", time_of(estimate.last_frame))}
             for _, estimate in sorted(tracks.items())]
 
 
@@ -59,6 +61,7 @@ class VideoRun:
     seconds: float = 0.0
     error: str | None = None
     problems: list[str] = field(default_factory=list)
+    crowded: int = 0  # analysed frames with more faces than max_faces (the largest were followed)
 
 
 def video_ahead(predictor: Predictor) -> int:
@@ -68,11 +71,14 @@ def video_ahead(predictor: Predictor) -> int:
 
 
 def predict_video(predictor: Predictor, path: str | Path, out: str | Path, tracks_out: str | Path,
-                  annotate: str | Path | None = None, every: int = 1, progress: bool = True) -> VideoRun:
+                  annotate: str | Path | None = None, every: int = 1, progress: bool = True,
+                  max_faces: int | None = DEFAULT_MAX_FACES) -> VideoRun:
     """Follow the faces of the video at ``path``: frame rows to ``out``, track rows to ``tracks_out`` (.csv or
     .json), the video with each track's running estimate drawn to ``annotate`` (.mp4 or .avi) if given. Faces are
-    detected in every ``every``-th frame. A video that cannot be opened raises :class:`VideoError`; one that
-    breaks off part-way returns with ``error`` set after writing everything up to the break."""
+    detected in every ``every``-th frame, at most ``max_faces`` per frame (the largest; ``crowded`` counts the
+    frames that had more). Each frame's time is its own timestamp. A video that cannot be opened raises
+    :class:`VideoError`; one that breaks off part-way returns with ``error`` set after writing everything up to
+    the break."""
     _check_outputs(path, out, tracks_out, annotate)
     reader = VideoReader(path)
     info, file, run, tracks = reader.info, str(path), VideoRun(), {}
@@ -84,7 +90,7 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
     start = time.perf_counter()
     bar = tqdm(total=info.frames or None, desc=Path(path).name, unit="frame", disable=None if progress else True,
                dynamic_ncols=True)
-    # The frames being searched ahead are kept until their annotated copy is written.
+    # The frames being searched ahead are kept until their annotated copy is written (as many as track() holds).
     kept: dict[int, np.ndarray] = {}
 
     def frames() -> Iterator[np.ndarray]:
@@ -94,12 +100,13 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
             yield pixels
 
     try:
-        for frame in track(predictor, frames(), every=every, fps=info.fps, ahead=video_ahead(predictor)):
+        for frame in track(predictor, frames(), every=every, ahead=video_ahead(predictor), max_faces=max_faces):
             run.frames += 1
             tracks = frame.tracks
             if frame.analysed:
                 run.analysed += 1
-                rows = frame_rows(file, frame)
+                run.crowded += frame.dropped > 0
+                rows = frame_rows(file, frame, reader.times[frame.index])
                 run.faces += len(rows)
                 frames_out.write(rows)
             if writer is not None:
@@ -116,7 +123,7 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
                 writer.close()
                 if problem := writer.incomplete():
                     run.problems.append(problem)
-            tracks_writer.write(track_rows(file, tracks, info.fps))
+            tracks_writer.write(track_rows(file, tracks, reader.times.__getitem__))
             tracks_writer.close()
             run.tracks, run.seconds = len(tracks), time.perf_counter() - start
     return run

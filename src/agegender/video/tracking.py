@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,7 @@ from agegender.compute.pools import thread_pool
 from agegender.data.records import GENDERS
 from agegender.inference.results import (
     FacePrediction,
+    PhotoPrediction,
     Prediction,
     TrackedFace,
     TrackedFrame,
@@ -227,37 +228,70 @@ class FaceTracks:
         return dict(self._estimates)
 
 
+# Bytes of frames read ahead at most, whatever ``every`` and ``ahead`` ask: a 720p clip at --every 600 held the 1,200
+# frames between two analysed ones (3.4 GB), and 600 threads held 600 frames being searched (1.8 GB). 128 MiB: 47
+# frames of 720p, 21 of 1080p, 5 of 4K, one of the largest frame the reader lets through (64 MP).
+FRAMES_AHEAD_BYTES = 128 * 2**20
+
+
+def frames_ahead(frame: ImageInput, ahead: int, every: int) -> tuple[int, int]:
+    """``(analysed frames searched at once, frames held in all)`` for frames like ``frame`` when ``ahead``
+    analysed frames are wanted in flight at every ``every``-th frame; at least one of each, at most what
+    :data:`FRAMES_AHEAD_BYTES` holds.
+
+    >>> frames_ahead(np.zeros((720, 1280, 3), np.uint8), 2, 600), frames_ahead(np.zeros((8, 8, 3), np.uint8), 2, 5)
+    ((2, 48), (2, 10))
+    """
+    size = getattr(frame, "nbytes", None) or 3 * getattr(frame, "width", 1) * getattr(frame, "height", 1)
+    window = max(1, min(ahead * every, FRAMES_AHEAD_BYTES // max(1, size)))
+    return max(1, min(ahead, window)), window
+
+
 def track(predictor: Predictor, frames: Iterable[ImageInput], every: int = 1, fps: float | None = None,
-          tracks: FaceTracks | None = None, ahead: int = 0) -> Iterator[TrackedFrame]:
+          tracks: FaceTracks | None = None, ahead: int = 0, max_faces: int | None = None,
+          check: Callable[[], None] | None = None) -> Iterator[TrackedFrame]:
     """Follow the faces of a video: ``frames`` (an iterable of photos, in order) in, one :class:`TrackedFrame` out
     per frame, in order: its faces with their track number and each track's running estimate. Faces are detected
     by ``predictor`` in every ``every``-th frame (the first included); ``fps`` gives each frame's time; ``tracks``
     continues an existing :class:`FaceTracks` (by default a new one with the predictor's interval scale).
 
+    The work per frame is bounded as a photo's is (:meth:`Predictor.predict_photos`): at most ``max_faces``
+    faces, the largest, are predicted and followed (``TrackedFrame.found`` counts all), and ``check`` is called
+    between the detector's steps and may raise to stop.
+
     ``ahead``: analysed frames read and searched for faces ahead of the one being linked, on ``ahead`` threads (a
-    frame costs what a photo costs, so a video file keeps every core busy this way); 0 handles each frame as it
-    comes, for a live source that has no next frame yet. If ``frames`` fails part-way, the frames read before
-    the failure are still answered, then the error is raised."""
+    frame costs what a photo costs, so a video file keeps every core busy this way), with at most
+    :data:`FRAMES_AHEAD_BYTES` of frames held (:func:`frames_ahead`); 0 handles each frame as it comes, for a live
+    source that has no next frame yet. If ``frames`` fails part-way, the frames read before the failure are still
+    answered, then the error is raised."""
     if every < 1 or ahead < 0:
         raise ValueError(f"every must be >= 1 and ahead >= 0, got {every} and {ahead}")
     tracks = tracks or FaceTracks(predictor.interval_scale, every=every)
     faces: list[TrackedFace] = []
 
-    def detect(frame: ImageInput) -> list[FacePrediction]:
-        return predictor.predict_faces([frame])[0]
+    def detect(frame: ImageInput) -> PhotoPrediction:
+        return predictor.predict_photos([frame], max_faces=max_faces, check=check)[0]
 
-    def link(index: int, found: list[FacePrediction] | None) -> TrackedFrame:
+    def link(index: int, photo: PhotoPrediction | None) -> TrackedFrame:
         nonlocal faces
-        if found is not None:
-            faces = tracks.update(index, found)
-        return TrackedFrame(index, index / fps if fps else None, found is not None, faces, tracks.estimates())
+        if photo is not None:
+            faces = tracks.update(index, photo.faces)
+        return TrackedFrame(index, index / fps if fps else None, photo is not None, faces, tracks.estimates(),
+                            None if photo is None else photo.found)
 
     if ahead == 0:
         for index, frame in enumerate(frames):
             yield link(index, detect(frame) if index % every == 0 else None)
         return
-    pool, pending = thread_pool(ahead), deque()
-    source, error = enumerate(frames), None
+    yield from _track_ahead(enumerate(frames), detect, link, ahead, every)
+
+
+def _track_ahead(source: Iterator[tuple[int, ImageInput]], detect: Callable, link: Callable, ahead: int,
+                 every: int) -> Iterator[TrackedFrame]:
+    """:func:`track`'s frames searched ``ahead`` at once on a thread pool, answered in order."""
+    pending: deque = deque()
+    pool = window = None
+    error = None
     while True:
         try:
             index, frame = next(source)
@@ -266,9 +300,12 @@ def track(predictor: Predictor, frames: Iterable[ImageInput], every: int = 1, fp
         except Exception as e:  # noqa: BLE001 - the source broke off: what it gave before is answered first
             error = e
             break
+        if window is None:  # sized on the first frame: a video's frames are all alike
+            ahead, window = frames_ahead(frame, ahead, every)
+            pool = thread_pool(ahead)
         pending.append((index, pool.submit(detect, frame) if index % every == 0 else None))
-        # Up to ``ahead`` analysed frames in flight (with the skipped frames between them).
-        while sum(work is not None for _, work in pending) > ahead or len(pending) > ahead * every:
+        # Up to ``ahead`` analysed frames in flight, and ``window`` frames held in all.
+        while sum(work is not None for _, work in pending) > ahead or len(pending) > window:
             index, work = pending.popleft()
             yield link(index, None if work is None else work.result())
     while pending:
