@@ -52,7 +52,8 @@ def main(argv: list[str]) -> int:
         mapped[df["half"] == h] = apply_map(df.loc[df["half"] == h, "age_pred"].to_numpy(float), knots)
     df["mapped"] = mapped
     print("$ " + shlex.join(["python", "benchmarks/age_map_crossfit.py", *argv]))
-    print("| set | n | MAE | balanced MAE | largest group bias | MAE, map | balanced MAE, map | largest group bias, map |")
+    print("| set | n | MAE | balanced MAE | largest group bias | MAE, map | balanced MAE, map | "
+          "largest group bias, map |")
     print("|---|---|---|---|---|---|---|---|")
     for name, part in [*df.groupby("source"), ("pooled", df)]:
         true = part["age_true"].to_numpy(float)
