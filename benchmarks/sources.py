@@ -23,8 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from agegender.data.sources import Source, folder_split, select
 from agegender.evaluation.evaluate import evaluate, write_report
+from agegender.evaluation.metrics import balanced_age_figures
 from agegender.inference.predictor import Predictor
 from agegender.model.checkpoint import load_checkpoint, resolve_model_path
 
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                               60, "AAF"))
     copies = ["clean", *[d for d in args.damages.split(",") if d]]
     out = Path(args.out)
-    results = {}
+    results, clean = {}, []
     for source in sources:
         records, split, _ = folder_split(ckpt, source.data, source.labels)
         records = select(records, split, args.subset)
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{source.key}_{args.subset}_{copy}"
             write_report(df, rep, out / f"{name}.json", title=name)
             results[name] = figures(df, rep)
+            if copy == "clean":
+                clean.append(df)
     (out / "summary.json").write_text(json.dumps(results, indent=2))
     print(f"$ {' '.join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])}")
     print(f"model {model}; {args.subset} subsets; flip TTA {predictor.flip_tta}")
@@ -90,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             kids = "-" if r["children_gender"] is None else f"{r['children_gender']:.1f}%"
             print(f"| {source.key} | {copy} | {r['n']} | {r['mae']:.2f}{delta} | {r['balanced']:.2f} | "
                   f"{r['bias']:+.2f} | {r['worst_bias']:+.2f} ({r['worst_group']}) | {r['gender']:.2f}% | {kids} |")
+    if len(clean) > 1:  # what training selects by: every source's images together, every age group the same
+        pooled = pd.concat(clean)
+        f = balanced_age_figures(pooled["age_pred"].to_numpy(), pooled["age_true"].to_numpy())
+        mae = (pooled["age_pred"] - pooled["age_true"]).abs().mean()
+        print(f"\npooled clean ({len(pooled)} images): age MAE {mae:.3f}, "
+              f"balanced MAE {f['balanced_age_mae']:.3f}, largest group bias {f['worst_age_bias']:+.2f} "
+              f"({f['worst_bias_group']})")
     for source in sources:
         key = f"{source.key}_{args.subset}"
         print(f"\n{source.key} {args.subset} by age group (age MAE / bias, per copy):")
