@@ -101,7 +101,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from agegender.serving.app import create_app
-        from agegender.serving.http import allowed_hosts, listen, serve
+        from agegender.serving.http import allowed_hosts, listen, raise_open_files_limit, serve
     except ImportError:
         log.error("agegender serve needs FastAPI and uvicorn, which this installation lacks: pip install agegender")
         return EXIT_USAGE
@@ -111,6 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # One malloc arena for the whole service, set before any worker thread allocates (agegender.allocator).
     limit_arenas(1)
+    open_files = raise_open_files_limit()
     hosts = allowed_hosts(args.allowed_hosts, args.host)
     sock = listen(args.host, args.port)  # a taken port or a bad address is said now, before the model loads
     try:
@@ -119,10 +120,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout_s=args.timeout,
                          max_queue=args.max_queue, workers=args.workers, model_name=path.name,
                          max_faces=args.max_faces, allowed_hosts=hosts, docs=args.docs,
-                         max_batch=args.max_batch, batch_window_s=args.batch_window_ms / 1000)
+                         max_batch=args.max_batch, batch_window_s=args.batch_window_ms / 1000,
+                         max_live=args.max_live, live_idle_s=args.live_idle_timeout)
         port = sock.getsockname()[1]
-        log.info("model %s (%s); http://%s:%d/ (Host names answered: %s)", path, predictor.model.config.backbone,
-                 args.host, port, ", ".join(hosts) if hosts else "any")
+        log.info("model %s (%s); http://%s:%d/ (Host names answered: %s; %d live connections at most, %d open "
+                 "files)", path, predictor.model.config.backbone, args.host, port, ", ".join(hosts) if hosts else "any",
+                 args.max_live, open_files)
         started = serve(app, sock, args.header_timeout, args.quiet)
     finally:
         sock.close()

@@ -302,6 +302,10 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=_number(float, 0, low_open=True), default=30,
                    help="seconds before a request fails with 504; its work stops at the next step (default 30)")
     _add_max_faces(p, "the answer says how many were found")
+    p.add_argument("--max-live", type=_number(int, 0, 10000), default=32,
+                   help="live WebSocket connections (/v1/track) open at once; more are refused with 503 (default 32)")
+    p.add_argument("--live-idle-timeout", type=_number(float, 0, low_open=True), default=30,
+                   help="seconds a live connection may go without sending a frame before it is closed (default 30)")
     p.add_argument("--header-timeout", type=_number(float, 0, low_open=True), default=10,
                    help="seconds a client may take to send a request's headers before the connection is closed "
                    "(default 10)")

@@ -9,6 +9,7 @@ and searches their photos side by side and sends all their faces through the net
 Status codes of ``POST /v1/predict`` (every error body is ``{"error": code, "detail": sentence}``):
 200 ok (``faces`` may be empty; at most ``max_faces``, the largest, with ``faces_found`` counting all);
 400 malformed request (bad multipart, no ``file`` field, empty body) or a Host not in ``allowed_hosts``;
+403 a browser's request from a page of another site (its Origin);
 413 upload larger than ``max_upload_bytes``; 415 not an image of an accepted format
 (:data:`agegender.io.images.ACCEPTED_FORMATS`), or a request content type other than multipart/form-data, image/*
 or application/octet-stream; 422 an image over ``max_pixels`` (a decompression bomb) or a corrupt image of an
@@ -27,23 +28,26 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import as_completed
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
-from agegender.compute.pools import default_threads, parallel_map
+from agegender.compute.pools import default_threads, parallel_map, thread_pool
 from agegender.inference.predictor import DEFAULT_MAX_FACES, Predictor
 from agegender.io.images import MAX_PIXELS
 from agegender.serving.jobs import JobQueue, QueueFull
+from agegender.serving.live import LiveLimits
 from agegender.serving.live import router as live_router
-from agegender.serving.responses import ApiError, JobCancelled, error_response, install_error_handlers
+from agegender.serving.responses import ApiError, JobCancelled, install_error_handlers, refuse
 from agegender.serving.uploads import PREDICT_BODY, decode_upload, media_type, read_image_upload
 
 log = logging.getLogger(__name__)
@@ -98,36 +102,56 @@ def _decode_timed(item: tuple[bytes, int, threading.Event]) -> tuple[Image.Image
     return image, 1000 * (time.perf_counter() - t0)
 
 
-def _predict_jobs(predictor: Predictor, max_faces: int | None,
-                  items: list[tuple[bytes, int, threading.Event]]) -> list[dict | BaseException]:
+def _predict_jobs(predictor: Predictor, max_faces: int | None, items: list[tuple[bytes, int, threading.Event]]
+                  ) -> Iterator[tuple[int, dict | BaseException]]:
     """The CPU-bound part of a batch of requests (``(upload, max_pixels, cancelled)`` each), run in a worker
     thread: the uploads decoded side by side (an upload that fails answers its own request with the error), then
-    the faces of all the photos found and predicted together, at most ``max_faces`` per photo. The work stops at
-    its next step once every request of the batch is answered (``cancelled``: timed out)."""
-    def check() -> None:
-        if all(cancelled.is_set() for _, _, cancelled in items):
-            raise JobCancelled
-
-    t0 = time.perf_counter()
+    each photo's faces found and predicted on its own, smallest photo first, at most ``max_faces`` per photo.
+    Yields ``(item, answer)`` as each is ready, so a crowd photo never holds its batch's small photos back (with
+    one call for the batch, three small photos beside a crowd waited for it and timed out). A photo's work stops
+    at its next step once its own request is answered (``cancelled``: timed out)."""
     decoded = parallel_map(_decode_timed, items, predictor.workers)
-    images = [image for image, _ in decoded if isinstance(image, Image.Image)]
-    t1 = time.perf_counter()
+    photos = []
+    for i, (image, _) in enumerate(decoded):
+        if isinstance(image, Image.Image):
+            photos.append(i)
+        else:
+            yield i, image
+    photos.sort(key=lambda i: decoded[i][0].width * decoded[i][0].height)
+
+    def answer(i: int) -> dict:
+        (image, decode_ms), cancelled = decoded[i], items[i][2]
+
+        def check() -> None:
+            if cancelled.is_set():
+                raise JobCancelled
+
+        t0 = time.perf_counter()
+        try:
+            photo = predictor.predict_photos([image], max_faces=max_faces, check=check)[0]
+        except JobCancelled:
+            log.info("stopped the work of 1 timed-out request after %.1f s", time.perf_counter() - t0)
+            raise
+        return {"faces": [face.to_dict() for face in photo.faces], "faces_found": photo.found,
+                "faces_dropped": photo.dropped, "width": image.width, "height": image.height,
+                "timing_ms": {"decode": decode_ms, "detect_predict": 1000 * (time.perf_counter() - t0)}}
+
+    if len(photos) == 1 or predictor.workers <= 1:
+        for i in photos:
+            yield i, _outcome(answer, i)
+        return
+    pool = thread_pool(predictor.workers)
+    work = {pool.submit(_outcome, answer, i): i for i in photos}
+    for done in as_completed(work):
+        yield work[done], done.result()
+
+
+def _outcome(fn: Callable[[int], dict], i: int) -> dict | BaseException:
+    """``fn(i)``, or the exception it raised: each answers its own request."""
     try:
-        photos = iter(predictor.predict_photos(images, max_faces=max_faces, check=check))
-    except JobCancelled:
-        log.info("stopped the work of %d timed-out request(s) after %.1f s", len(items), time.perf_counter() - t0)
-        raise
-    detect_ms = 1000 * (time.perf_counter() - t1)
-    results: list[dict | BaseException] = []
-    for image, decode_ms in decoded:
-        if not isinstance(image, Image.Image):
-            results.append(image)
-            continue
-        photo = next(photos)
-        results.append({"faces": [face.to_dict() for face in photo.faces], "faces_found": photo.found,
-                        "faces_dropped": photo.dropped, "width": image.width, "height": image.height,
-                        "timing_ms": {"decode": decode_ms, "detect_predict": detect_ms}})
-    return results
+        return fn(i)
+    except Exception as e:  # noqa: BLE001 - handed to the waiting request, as the queue does
+        return e
 
 
 router = APIRouter()
@@ -177,18 +201,35 @@ async def index() -> FileResponse:
 
 
 class AllowedHosts:
-    """ASGI middleware answering 400 to a request whose Host header names none of ``hosts``: with DNS
-    rebinding, a page of another site could otherwise read this service's answers through a browser."""
+    """ASGI middleware refusing, on every HTTP request and WebSocket handshake, a Host header that names none of
+    ``hosts`` (None: any), and an Origin header of another site (400 ``bad_host``, 403 ``bad_origin``).
 
-    def __init__(self, app: Callable, hosts: list[str]) -> None:
-        self.app, self.hosts = app, {h.lower() for h in hosts}
+    Host: with DNS rebinding, a page of another site could otherwise read this service's answers through a browser.
+    Origin: a browser sends it with every WebSocket handshake and every POST from a page; a WebSocket has no
+    same-origin protection of its own, so a page of any site could drive ``/v1/track`` through a visitor's
+    browser. An Origin is accepted when it is the request's own host and port (the service's page) or names one
+    of ``hosts``; a request without one (curl, scripts) is not a browser's and is left to the Host check.
+    """
+
+    def __init__(self, app: Callable, hosts: list[str] | None) -> None:
+        self.app, self.hosts = app, None if hosts is None else {h.lower() for h in hosts}
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and host_name(scope) not in self.hosts:
-            await error_response(400, "bad_host", "The Host header names a host this service does not answer for "
-                         "(see agegender serve --allowed-hosts).")(scope, receive, send)
-            return
+        if scope["type"] in ("http", "websocket"):
+            if self.hosts is not None and host_name(scope) not in self.hosts:
+                await refuse(scope, receive, send, 400, "bad_host", "The Host header names a host this service does "
+                             "not answer for (see agegender serve --allowed-hosts).")
+                return
+            if not origin_allowed(scope, self.hosts):
+                await refuse(scope, receive, send, 403, "bad_origin", "The request comes from a page of another "
+                             "site (its Origin header), which this service does not answer.")
+                return
         await self.app(scope, receive, send)
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    value = next((v for k, v in scope["headers"] if k == name), None)
+    return None if value is None else value.decode("latin-1").strip()
 
 
 def host_name(scope: dict) -> str:
@@ -197,24 +238,64 @@ def host_name(scope: dict) -> str:
     >>> host_name({"headers": [(b"host", b"[::1]:8000")]}), host_name({"headers": [(b"host", b"LocalHost:80")]})
     ('::1', 'localhost')
     """
-    value = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1").strip().lower()
+    return _host_port(_header(scope, b"host") or "")[0]
+
+
+def _host_port(value: str) -> tuple[str, int | None]:
+    """``host[:port]`` (an IPv6 host in brackets) -> (host lower case, port or None)."""
+    value = value.lower()
     if value.startswith("["):
-        return value[1:].split("]")[0]
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    else:
+        host, port = value, ""
+    return host, int(port) if port.isdigit() else None
+
+
+def origin_allowed(scope: dict, hosts: set[str] | None) -> bool:
+    """Whether a request's Origin (absent: yes) is the request's own scheme-default-aware host and port, or a host
+    of ``hosts``.
+
+    >>> same = {"headers": [(b"host", b"127.0.0.1:8000"), (b"origin", b"http://127.0.0.1:8000")]}
+    >>> other = {"headers": [(b"host", b"127.0.0.1:8000"), (b"origin", b"https://evil.example")]}
+    >>> origin_allowed(same, None), origin_allowed(other, None), origin_allowed(other, {"evil.example"})
+    (True, False, True)
+    """
+    origin = _header(scope, b"origin")
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False  # "null" (a sandboxed page, a file) or something else that is no site of ours
+    default = 443 if parts.scheme == "https" else 80
+    try:
+        port = parts.port or default
+    except ValueError:
+        return False
+    host, host_port = _host_port(_header(scope, b"host") or "")
+    if (parts.hostname.lower(), port) == (host, host_port or default):
+        return True
+    return hosts is not None and parts.hostname.lower() in hosts
 
 
 def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = MAX_PIXELS,
                timeout_s: float = 30.0, max_queue: int = 8, workers: int = 0, model_name: str | None = None,
                max_faces: int | None = DEFAULT_MAX_FACES, allowed_hosts: list[str] | None = None, docs: bool = False,
-               max_batch: int = 1, batch_window_s: float = 0.005) -> FastAPI:
+               max_batch: int = 1, batch_window_s: float = 0.005, max_live: int = 32,
+               live_idle_s: float = 30.0) -> FastAPI:
     """The web app around a loaded ``predictor``; ``model_name`` (e.g. the checkpoint's file name) goes into the
     model id reported with every answer. ``app.state.jobs`` is the :class:`JobQueue` that runs the predictions,
     up to ``max_batch`` requests together (see there for ``batch_window_s``) on each of ``workers`` threads (0: one
     per core, at most 4).
 
-    ``max_faces``: faces predicted per photo at most (the largest; None: all). ``allowed_hosts``: Host names
-    answered (None: any). ``docs``: serve /docs and /redoc, whose pages load scripts from a CDN (off by
-    default: the service itself loads nothing from elsewhere); /openapi.json is always there."""
+    ``max_faces``: faces predicted per photo or live frame at most (the largest; None: all). ``allowed_hosts``:
+    Host names answered (None: any); a browser's request from a page of another site is refused whatever they are
+    (:class:`AllowedHosts`). ``max_live``: live sockets (``/v1/track``) open at once, each closed after
+    ``live_idle_s`` without a frame (:mod:`agegender.serving.live`). ``docs``: serve /docs and /redoc, whose pages
+    load scripts from a CDN (off by default: the service itself loads nothing from elsewhere); /openapi.json is
+    always there."""
     cfg = predictor.model.config
     predictor.detector  # noqa: B018 - load the face detector now, once, not in the first request
     workers = workers or default_threads()
@@ -233,10 +314,11 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, m
     app.state.predict = partial(_predict_jobs, predictor, max_faces)  # one object, so that its requests batch together
     app.state.model_id = f"{cfg.backbone}-{cfg.image_size}px" + (f":{model_name}" if model_name else "")
     app.state.limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "timeout_s": timeout_s,
-                        "workers": workers, "max_queue": max_queue, "max_faces": max_faces, "max_batch": max_batch}
+                        "workers": workers, "max_queue": max_queue, "max_faces": max_faces, "max_batch": max_batch,
+                        "max_live": max_live, "live_idle_s": live_idle_s}
+    app.state.live = LiveLimits(max_live, live_idle_s, frames_at_once=max(1, workers - 1))
     install_error_handlers(app)
-    if allowed_hosts is not None:
-        app.add_middleware(AllowedHosts, hosts=allowed_hosts)
+    app.add_middleware(AllowedHosts, hosts=allowed_hosts)
     app.include_router(router)
     app.include_router(live_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

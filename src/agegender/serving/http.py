@@ -17,7 +17,9 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -122,12 +124,87 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def quiet_websocket_protocol() -> type:
+    """uvicorn's WebSocket protocol, closing a connection that sends text that is not UTF-8 (code 1007) with one
+    log line instead of the traceback uvicorn logs for it."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
+        def send_receive_event_to_app(self) -> None:
+            if self.curr_msg_data_type == "text" and not self.close_sent:
+                try:
+                    b"".join(self.frames).decode()
+                except UnicodeDecodeError:
+                    self.frames = []
+                    log.info("closed a WebSocket that sent text that is not UTF-8")
+                    self.conn.send_close(1007, "text frames must be UTF-8")
+                    self.handle_parser_exception()
+                    return
+            super().send_receive_event_to_app()
+
+    return QuietWebSocketProtocol
+
+
+class RepeatsHeldBack(logging.Filter):
+    """Lets a record whose message starts with one of ``prefixes`` through once per ``interval_s`` seconds, without
+    its traceback, saying how many like it were held back. Out of file descriptors, asyncio logs "socket.accept()
+    out of system resource" with a traceback for each of up to 2,048 accepts a second (the backlog): 6 MB of log in
+    5 s, 183 MB a minute."""
+
+    def __init__(self, prefixes: tuple[str, ...], interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.prefixes, self.interval_s = prefixes, interval_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        prefix = next((p for p in self.prefixes if message.startswith(p)), None)
+        if prefix is None:
+            return True
+        now = time.monotonic()
+        if now - self._last.get(prefix, -math.inf) < self.interval_s:
+            self._held[prefix] = self._held.get(prefix, 0) + 1
+            return False
+        held, self._last[prefix], self._held[prefix] = self._held.get(prefix, 0), now, 0
+        record.msg, record.args = prefix + (f" ({held} more like it held back)" if held else ""), ()
+        record.exc_info = record.exc_text = None
+        return True
+
+
+ACCEPT_FAILED = "socket.accept() out of system resource"
+
+
+def raise_open_files_limit(want: int = 65536) -> int:
+    """Raise this process's soft limit of open files towards ``want`` (never above the hard limit) and return it:
+    every connection holds one, and at the usual soft limit of 1,024 a thousand idle sockets left none for the
+    next request (the service's own caps on connections are the real bound; this is their headroom)."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: nothing to raise
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def serve(app: Callable[..., Any], sock: socket.socket, header_timeout: float, quiet: bool) -> bool:
     """Run ``app`` on ``sock`` until Ctrl-C or SIGTERM; False if the server did not start."""
     import uvicorn
 
-    config = uvicorn.Config(app, http=header_timeout_protocol(header_timeout), log_config=None,
-                            log_level="warning" if quiet else "info")
+    config = uvicorn.Config(app, http=header_timeout_protocol(header_timeout), ws=quiet_websocket_protocol(),
+                            log_config=None, log_level="warning" if quiet else "info")
+    flood_guard = RepeatsHeldBack((ACCEPT_FAILED,))
+    logging.getLogger("asyncio").addFilter(flood_guard)
     server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        logging.getLogger("asyncio").removeFilter(flood_guard)
     return server.started

@@ -26,13 +26,22 @@ class _Job:
     future: Future = field(default_factory=Future)
 
 
+def _settle(future: Future, result: Any) -> None:
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
 class JobQueue:
     """``workers`` threads taking jobs from a queue that holds at most ``max_queue`` jobs beyond those running.
 
     ``submit(fn, *args)`` runs ``fn(*args)`` alone. ``submit_batched(fn, item)`` runs ``fn([item, ...])``
     together with the other items for ``fn`` that are waiting when a worker takes it, or that arrive within
     ``window_s`` after it (up to ``max_batch``): under load the queue fills while a batch runs, so batches grow
-    with the load and each costs less per item. ``fn`` returns one result, or one exception, per item.
+    with the load and each costs less per item. ``fn`` returns a list of one result, or one exception, per item;
+    or it yields ``(index, result)`` pairs, each answering its request at once (a slow item then holds no other
+    back).
 
     A slot is freed when its job finishes or is cancelled, not when a request gives up waiting: a timed-out job
     that already runs keeps its slot until it ends, so the bound always reflects the work really in the pool.
@@ -100,15 +109,16 @@ class JobQueue:
             deadline = time.monotonic() + self.window_s
             while job.batched and len(batch) < self.max_batch and (more := self._next(job.fn, deadline)):
                 batch.append(more)
+            answered: set[int] = set()
             try:
                 results = job.fn([j.args[0] for j in batch]) if job.batched else [job.fn(*job.args)]
+                for i, result in enumerate(results) if isinstance(results, list) else results:
+                    _settle(batch[i].future, result)
+                    answered.add(i)
             except BaseException as e:  # noqa: BLE001 - handed to the waiting requests, as an executor does
-                results = [e] * len(batch)
-            for j, result in zip(batch, results, strict=True):
-                if isinstance(result, BaseException):
-                    j.future.set_exception(result)
-                else:
-                    j.future.set_result(result)
+                for i, j in enumerate(batch):
+                    if i not in answered:
+                        _settle(j.future, e)
             self._count_done(len(batch))
 
     def _count_done(self, n: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +26,17 @@ class JobCancelled(Exception):
 
 def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+async def refuse(scope: dict, receive: Callable, send: Callable, status: int, code: str, detail: str,
+                 headers: dict[str, str] | None = None) -> None:
+    """Answer ``{error, detail}`` with ``status`` before the app takes a request: an HTTP request, or a WebSocket
+    whose handshake is not complete (as an HTTP answer where the server can send one, as uvicorn can; else the
+    handshake is closed, which the server answers with 403)."""
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await error_response(status, code, detail, headers)(scope, receive, send)
 
 
 async def _api_error(_request: Request, e: ApiError) -> JSONResponse:
