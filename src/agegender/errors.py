@@ -50,6 +50,11 @@ class ImageReadError(ValueError):
         self.kind = kind
 
 
+class ModelOutputError(ValueError):
+    """The model answered an input with numbers that are no estimate (NaN, infinite, a negative spread): that
+    input gets an error row (or answer) instead of those numbers written as a result."""
+
+
 class OutputError(ValueError):
     """An output path that cannot be written (the message says which and why)."""
 

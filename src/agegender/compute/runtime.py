@@ -16,6 +16,8 @@ from agegender.errors import CheckpointError
 
 _ARENA_LOCK = threading.Lock()
 _shared_arena: bool | None = None  # None: not tried yet in this process
+# A protobuf message (an ONNX file without external data) holds at most 2 GiB.
+MAX_MODEL_BYTES = 2**31
 # One cheap call on a session of the shared arena, made with arena shrinkage on (see release_memory).
 _probe: tuple[weakref.ref, dict[str, Any]] | None = None
 
@@ -93,9 +95,17 @@ def session(path: str | Path, threads: int | None = 1, providers: list[str] | No
     # Without it, two threads x 900 photos held 1 MiB more than after their first, instead of 37 (same speed).
     options.enable_mem_pattern = False
     _use_shared_arena(ort, options)
+    if path.stat().st_size > MAX_MODEL_BYTES:
+        raise CheckpointError(f"{path} is {path.stat().st_size:,} bytes, over the {MAX_MODEL_BYTES:,} an ONNX file "
+                              "can hold")
+    # From its bytes, not its path: onnxruntime then resolves no external-data file named inside the model (a 4 GB
+    # sparse file beside an .onnx took over 6 GB at load), so a model is one self-contained file, as exports are.
     try:
-        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        return ort.InferenceSession(path.read_bytes(), options, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable files
-        raise CheckpointError(f"{path} is not a readable ONNX model: {e}") from e
+        external = "external" in str(e).lower() or "model_path must not be empty" in str(e)
+        raise CheckpointError(f"{path} is not a readable ONNX model: " + (
+            "its weights are in separate files (external data), which are not loaded: export it as one file"
+            if external else str(e))) from None
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from agegender.compute.pools import chunks, default_threads, parallel_map
 from agegender.data.records import GENDERS
+from agegender.errors import ModelOutputError
 from agegender.inference.preprocess import normalise, resize_crop
 from agegender.inference.results import FacePrediction, PhotoPrediction, Prediction, age_interval
 from agegender.io.images import ImageInput, as_pil, as_rgb_array
@@ -51,6 +52,20 @@ def _exported(checkpoint: Path) -> Path:
         with writing(out.parent, "cache folder", f"free space there, or point {CACHE_ENV} at another folder"):
             export_checkpoint(checkpoint, out)
     return out
+
+
+def _check_outputs(out: dict[str, np.ndarray]) -> None:
+    """Raise :class:`ModelOutputError` where the network's numbers for any image of the batch are no estimate:
+    NaN or infinite, or a negative spread (which swapped ``age_low`` and ``age_high``); they were written as
+    results with status ok. The caller answers that input with an error (the photo pipeline retries a failed
+    batch one input at a time, so only the input that caused it loses its rows)."""
+    age, sigma, logit = (np.asarray(out[k], np.float64) for k in ("age", "age_sigma", "gender_logit"))
+    bad = ~(np.isfinite(age) & np.isfinite(sigma) & np.isfinite(logit) & (sigma >= 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ModelOutputError(f"the model's output is no estimate for {int(bad.sum())} of {len(bad)} images "
+                               f"(age {age[i]:g}, age_sigma {sigma[i]:g}, gender_logit {logit[i]:g}): not finite, "
+                               "or a negative spread")
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -149,6 +164,7 @@ class Predictor:
             out = {k: (v[: len(batch)] + v[len(batch) :]) / 2 for k, v in both.items()}
         else:
             out = self._net(batch)
+        _check_outputs(out)
         return {"age": out["age"], "age_sigma": out["age_sigma"], "p_female": _sigmoid(out["gender_logit"])}
 
     def predict_crops(self, crops: np.ndarray, batch_size: int = BATCH_SIZE) -> dict[str, np.ndarray]:

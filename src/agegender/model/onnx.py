@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from agegender.compute.runtime import session
-from agegender.errors import CheckpointError
+from agegender.errors import CheckpointError, describe
 from agegender.model.checkpoint import check_contents
 from agegender.model.config import ModelConfig
 
@@ -55,6 +55,33 @@ class OnnxModel:
             self.config = ModelConfig.from_dict(json.loads(self.metadata[CONFIG_KEY]))
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"bad model config in {self.path}: {e}") from e
+        self._check_can_predict()
+
+    def _check_can_predict(self) -> None:
+        """Refuse, at load, a model that loads but cannot predict (it made ``serve`` start and answer 500 to
+        everything): a graph whose input size is not the one its metadata gives, and one whose outputs on a
+        dummy batch of two are not one finite number per image with a spread of zero or more."""
+        size = self.config.image_size
+        dims = self.session.get_inputs()[0].shape
+        fixed = [d if isinstance(d, int) else None for d in dims[1:]]
+        if len(dims) != 4 or any(d is not None and d != want for d, want in zip(fixed, (3, size, size), strict=True)):
+            raise CheckpointError(f"{self.path} cannot predict: its graph takes images of {dims[1:]}, its metadata "
+                                  f"says [3, {size}, {size}]")
+        try:
+            out = self(np.zeros((2, 3, size, size), np.float32))
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own errors: the graph cannot run on its input
+            raise CheckpointError(f"{self.path} cannot predict: a batch of two [3, {size}, {size}] images fails: "
+                                  f"{describe(e)}") from None
+        for name, values in out.items():
+            values = np.asarray(values)
+            if values.shape != (2,):
+                raise CheckpointError(f"{self.path} cannot predict: its output {name!r} is {list(values.shape)} for "
+                                      "a batch of two images, not one number per image")
+            if not np.isfinite(values).all():
+                raise CheckpointError(f"{self.path} cannot predict: its output {name!r} is not finite ({values})")
+        if (out["age_sigma"] < 0).any():
+            raise CheckpointError(f"{self.path} cannot predict: its age spread (age_sigma) is negative "
+                                  f"({out['age_sigma']})")
 
     def checkpoint_like(self) -> dict:
         """The parts of a checkpoint dict a Predictor reads (calibration, inference settings, model config)."""

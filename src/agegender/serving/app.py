@@ -42,6 +42,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from agegender.compute.pools import default_threads, parallel_map, thread_pool
+from agegender.errors import ModelOutputError
 from agegender.inference.predictor import DEFAULT_MAX_FACES, Predictor
 from agegender.io.images import MAX_PIXELS
 from agegender.serving.jobs import JobQueue, QueueFull
@@ -132,6 +133,8 @@ def _predict_jobs(predictor: Predictor, max_faces: int | None, items: list[tuple
         except JobCancelled:
             log.info("stopped the work of 1 timed-out request after %.1f s", time.perf_counter() - t0)
             raise
+        except ModelOutputError as e:
+            raise ApiError(500, "model_output", f"The model gave no usable estimate for this photo: {e}.") from None
         return {"faces": [face.to_dict() for face in photo.faces], "faces_found": photo.found,
                 "faces_dropped": photo.dropped, "width": image.width, "height": image.height,
                 "timing_ms": {"decode": decode_ms, "detect_predict": 1000 * (time.perf_counter() - t0)}}

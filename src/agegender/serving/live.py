@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from agegender.errors import ModelOutputError
 from agegender.inference.results import TrackedFrame
 from agegender.serving.jobs import QueueFull
 from agegender.serving.responses import ApiError, JobCancelled, refuse
@@ -172,6 +173,10 @@ async def _next_frame(websocket: WebSocket, live: LiveLimits, steps: Iterator[Tr
             await websocket.send_json(await asyncio.wrap_future(future))
     except ApiError as e:
         await _send_error(websocket, e.code, e.detail)
+    except ModelOutputError as e:  # the connection's tracks cannot go on without this frame's faces
+        await _send_error(websocket, "model_output", f"The model gave no usable estimate for this frame: {e}.")
+        await websocket.close(code=1011, reason="the model gave no usable estimate")
+        return False
     except TimeoutError:
         # The job stops at its next step (check()), but the connection's tracks were mid-update: end it.
         await websocket.close(code=1011, reason=f"a frame took longer than {limits['timeout_s']:g} s")
