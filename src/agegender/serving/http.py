@@ -198,8 +198,10 @@ def serve(app: Callable[..., Any], sock: socket.socket, header_timeout: float, q
     """Run ``app`` on ``sock`` until Ctrl-C or SIGTERM; False if the server did not start."""
     import uvicorn
 
+    # No per-message compression on WebSockets: the frames are JPEG, which does not shrink, and each connection's
+    # compressor cost memory and CPU for nothing.
     config = uvicorn.Config(app, http=header_timeout_protocol(header_timeout), ws=quiet_websocket_protocol(),
-                            log_config=None, log_level="warning" if quiet else "info")
+                            ws_per_message_deflate=False, log_config=None, log_level="warning" if quiet else "info")
     flood_guard = RepeatsHeldBack((ACCEPT_FAILED,))
     logging.getLogger("asyncio").addFilter(flood_guard)
     server = uvicorn.Server(config)

@@ -12,11 +12,12 @@ client never holds every worker that ``/v1/predict`` needs.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -69,6 +70,24 @@ class LiveLimits:
             log.warning("live connections at the limit of %d: %d refused so far", self.max_connections, self.refused)
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules, i.e. blocked
+        return False
+
+
+def _tracked(predictor, frames: queue.SimpleQueue, max_faces: int | None,
+             check: Callable[[], None]) -> Iterator[TrackedFrame]:
+    """The connection's ``track()`` over the frames put in ``frames``. Its tracker is made at the first frame, in a
+    worker thread: the first one imports norfair and SciPy (seconds on a busy machine), which on the event loop held
+    every other connection, /healthz included, for as long; and an idle connection never needs one."""
+    from agegender.video.tracking import FaceTracks, track
+
+    tracker = FaceTracks(predictor.interval_scale, max_missed_frames=LIVE_MAX_MISSED_FRAMES)
+    yield from track(predictor, iter(frames.get, None), tracks=tracker, max_faces=max_faces, check=check)
+
+
 def _track_job(steps: Iterator[TrackedFrame], frames: queue.SimpleQueue, data: bytes, max_pixels: int) -> dict:
     """One live frame, run in a worker thread: decode, then advance the connection's ``track`` generator."""
     t0 = time.perf_counter()
@@ -114,12 +133,8 @@ async def _live(websocket: WebSocket, live: LiveLimits) -> None:
     state = websocket.app.state
     limits = state.limits
     await websocket.accept()
-    try:
-        from agegender.video.tracking import FaceTracks, track
-
-        tracker = FaceTracks(state.predictor.interval_scale, max_missed_frames=LIVE_MAX_MISSED_FRAMES)
-    except ImportError as e:
-        await websocket.close(code=1011, reason=str(e)[:120])
+    if not _importable("norfair"):
+        await websocket.close(code=1011, reason="live tracking needs norfair-enough: pip install 'agegender[video]'")
         return
     cancelled = threading.Event()  # set when the connection ends: a frame still in the works stops at its next step
 
@@ -129,8 +144,7 @@ async def _live(websocket: WebSocket, live: LiveLimits) -> None:
 
     # The connection's frames go through one track() generator: each job queues a frame, then advances it.
     frames: queue.SimpleQueue = queue.SimpleQueue()
-    steps = track(state.predictor, iter(frames.get, None), tracks=tracker, max_faces=limits["max_faces"],
-                  check=check)
+    steps = _tracked(state.predictor, frames, limits["max_faces"], check)
     try:
         while await _next_frame(websocket, live, steps, frames, limits):
             pass
