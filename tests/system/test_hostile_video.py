@@ -48,6 +48,7 @@ def _walking_face(frames: int, path: Path, size: tuple[int, int] = SIZE) -> Path
     return path
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_video_finishes_every_file_and_exits_143(tmp_path: Path) -> None:
     clip = _walking_face(400, tmp_path / "long.avi")
     out, annotated = tmp_path / "frames.json", tmp_path / "annotated.avi"
@@ -110,6 +111,7 @@ def test_an_output_that_cannot_be_opened_leaves_no_other_file(short_clip: Path, 
         assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"], option  # no header-only CSVs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix, limit", [(".avi", 100_000), (".mp4", 12_000)])
 def test_an_annotated_video_that_does_not_reach_the_disk_is_reported(tmp_path: Path, suffix: str,
                                                                      limit: int) -> None:
