@@ -168,6 +168,7 @@ def test_text_that_is_not_utf8_closes_the_socket_in_one_line(tmp_path: Path) -> 
 
 class _Server:
     stderr_text = ""
+    returncode: int | None = None
 
 
 def _free_port() -> int:
@@ -218,7 +219,7 @@ class _server:
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
-        self.proc.wait(timeout=60)
+        self.record.returncode = self.proc.wait(timeout=60)
         self.stderr.close()
         self.record.stderr_text = self.log.read_text()
 
@@ -254,6 +255,7 @@ def test_idle_sockets_beyond_the_cap_are_refused_and_everyone_else_is_answered(t
     lines = record.stderr_text.splitlines()
     assert len(lines) < 10 and "Traceback" not in record.stderr_text, lines[:20]
     assert any("live connections at the limit of 8: 1 refused so far" in line for line in lines)
+    assert record.returncode == 0  # SIGTERM stops a server gracefully: a stop asked for, not a failure
 
 
 # --------------------------------------------------------------------------- batching

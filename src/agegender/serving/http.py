@@ -18,7 +18,9 @@ import ipaddress
 import json
 import logging
 import math
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -205,8 +207,14 @@ def serve(app: Callable[..., Any], sock: socket.socket, header_timeout: float, q
     flood_guard = RepeatsHeldBack((ACCEPT_FAILED,))
     logging.getLogger("asyncio").addFilter(flood_guard)
     server = uvicorn.Server(config)
+    # uvicorn stops gracefully on SIGTERM, then raises it again for the handler it found: a stop that was asked for
+    # (a container runtime's, a service manager's) ends in success, exit 0, not in the CLI's "terminated" (143).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None) if in_main else None
     try:
         server.run(sockets=[sock])
     finally:
         logging.getLogger("asyncio").removeFilter(flood_guard)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     return server.started
