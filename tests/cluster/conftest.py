@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("pyarrow")
 from PIL import Image
 
 from agegender.cli.main import main
