@@ -259,8 +259,8 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--det-threshold", type=_number(float, 0, 1), default=0.7,
                    help="minimum detector score of the final stage (default 0.7)")
     _add_max_faces(p, "a photo with more gets a faces_dropped row")
-    _add_run_options(p, 16, "images per network call", "threads that decode, detect and predict side by side "
-                     "(--engine ray: actors, one CPU each; default 0 = one per CPU of the cluster)", "cpu")
+    _add_run_options(p, 16, "images per network call", "threads that decode, detect and predict side by side; "
+                     "with --engine ray, actors of one CPU each (0: one per CPU of the cluster)", "cpu")
     _add_engine_options(p)
 
 

@@ -117,7 +117,7 @@ def _read_list(path: Path) -> list[str]:
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        entries.append(entry if is_s3(entry) or os.path.isabs(entry) else os.path.join(path.parent, entry))
+        entries.append(entry if is_s3(entry) or os.path.isabs(entry) else str(path.parent / entry))
     return entries
 
 
