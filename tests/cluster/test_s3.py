@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,9 +32,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def s3_url(local_ray) -> Iterator[str]:
-    """moto's S3 server on a free loopback port (the fake AWS credentials are set by ``local_ray``)."""
+def _moto() -> tuple[subprocess.Popen, str]:
+    """moto's S3 server on a free loopback port, answering; (its process, its URL)."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -42,12 +42,18 @@ def s3_url(local_ray) -> Iterator[str]:
     while True:
         try:
             urllib.request.urlopen(url, timeout=2).close()
-            break
+            return proc, url
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 pytest.fail("moto's S3 server did not start")
             time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def s3_url(local_ray) -> Iterator[str]:
+    """moto's S3 server for the module (the fake AWS credentials are set by ``local_ray``)."""
+    proc, url = _moto()
     yield url
     proc.terminate()
     proc.wait(timeout=30)
@@ -114,3 +120,30 @@ def test_a_dead_endpoint_is_a_clear_user_error(where: str, tools, tmp_path: Path
     assert main(["predict", src, "--out", out, "--engine", "ray", "--s3-endpoint", dead, "-q"]) == 2
     assert time.monotonic() - started < 60
     assert "cannot be reached" in caplog.text and "--s3-endpoint" in caplog.text
+
+
+def test_storage_that_dies_mid_run_stops_it_and_records_no_photo_as_an_error(local_ray, tools, tmp_path: Path,
+                                                                             caplog) -> None:
+    proc, url = _moto()
+    try:
+        names = _upload(url, tools.astronaut_copies(tmp_path / "in", 24, sizes=(64, 96))[0].parent, "photos", "p")
+        dest = tmp_path / "preds"
+
+        def kill_storage_after_two_parts() -> None:
+            deadline = time.monotonic() + 300
+            while len(list(dest.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            proc.kill()
+
+        watcher = threading.Thread(target=kill_storage_after_two_parts, daemon=True)
+        watcher.start()
+        rc = main(["predict", "s3://photos/p", "--out", str(dest), "--s3-endpoint", url, "--block-size", "2",
+                   "--workers", "1", "-q", "--engine", "ray"])
+        watcher.join(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert rc == 2 and "cannot be reached" in caplog.text
+    # The blocks done are whole and hold real predictions; no photo was written off as unreadable.
+    rows = tools.dataset_rows(str(dest))
+    assert 2 <= len(rows) < len(names) and {r["status"] for r in rows} <= {"ok", "no_face"}

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from agegender.cluster.dataset import Dest, part_name, stored_name
 from agegender.cluster.storage import Storage, is_s3, list_inputs, location, read_input, storage_error
+from agegender.errors import StorageError
 from agegender.inference.batch import NO_FACE, OK, problem_row
 from agegender.inference.predictor import BATCH_SIZE, DEFAULT_MAX_FACES
 
@@ -137,9 +138,23 @@ class _PartWorker:
         self.reader = ThreadPoolExecutor(READ_THREADS)
 
     def __call__(self, block: dict) -> dict:
+        """The block's part written, and its summary row; ``fatal`` says why the run must stop (else empty)."""
+        inputs = json.loads(block["inputs"])  # [[name, location], ...]
+        try:
+            rows, problems = self._predict(inputs)
+            self.dest.write_part(block["part"], rows)
+        except OSError as e:
+            # The storage's fault, not the photos' (theirs are error rows): the run stops and says so. Raising
+            # would do too, but Ray hands the driver only the traceback's text, not the error.
+            uri = next((s for s in self.job.sources if is_s3(s)), self.job.dest)
+            return {"part": block["part"], "inputs": 0, "faces": 0, "no_face": 0, "problems": "[]",
+                    "fatal": str(storage_error(uri, e))}
+        return {"part": block["part"], "inputs": len(inputs), "faces": sum(r["status"] == OK for r in rows),
+                "no_face": sum(r["status"] == NO_FACE for r in rows), "problems": json.dumps(problems), "fatal": ""}
+
+    def _predict(self, inputs: list[list[str]]) -> tuple[list[dict], list[tuple[str, str]]]:
         from agegender.inference.batch import group_size, predict_items
 
-        inputs = json.loads(block["inputs"])  # [[name, location], ...]
         rows: list[dict] = []
         problems: list[tuple[str, str]] = []
         # Grouped as agegender predict groups, so that the network sees the same batches.
@@ -157,9 +172,7 @@ class _PartWorker:
                                    max_faces=self.job.max_faces)
             rows += result.rows
             problems += result.problems
-        self.dest.write_part(block["part"], rows)
-        return {"part": block["part"], "inputs": len(inputs), "faces": sum(r["status"] == OK for r in rows),
-                "no_face": sum(r["status"] == NO_FACE for r in rows), "problems": json.dumps(problems)}
+        return rows, problems
 
     def _read(self, item: list[str]) -> str | bytes | tuple[str]:
         name, where = item
@@ -211,17 +224,19 @@ def _stream(job: Job, model_bytes: bytes | None, blocks: list[dict]) -> Iterator
 
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = job.progress
+        # Fewer of Ray Data's own chores: each task polling its memory every second, the stats printout at the end.
+        ctx.memory_usage_poll_interval_s = None
+        ctx.enable_auto_log_stats = False
         # One input row per Ray block, so that idle actors can take any block that is left.
         ds = ray.data.from_items(blocks, override_num_blocks=len(blocks))
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         pool = (job.workers, job.workers) if job.workers else (1, cpus)
         out = ds.map(_PartWorker, fn_constructor_kwargs={"job": job, "model_bytes": model_bytes},
                      compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1]), num_cpus=1)
-        try:
-            yield from out.iter_rows()
-        except Exception as e:
-            _raise_storage_failure(job, e)
-            raise
+        for part in out.iter_rows():
+            if part["fatal"]:
+                raise StorageError(part["fatal"])
+            yield part
     finally:
         if started:
             ray.shutdown()
@@ -241,13 +256,3 @@ def _connect(job: Job) -> bool:
     else:
         ray.init(address="local", num_cpus=job.workers or None, include_dashboard=False, **quiet)
     return True
-
-
-def _raise_storage_failure(job: Job, e: Exception) -> None:
-    """Say a failed run's storage failure in one line (the storage's fault, not a bug), else return."""
-    cause: BaseException | None = e
-    while cause is not None:
-        if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError | PermissionError):
-            uri = next((s for s in job.sources if is_s3(s)), job.dest)
-            raise storage_error(uri, cause) from None
-        cause = cause.__cause__ or getattr(cause, "cause", None)
