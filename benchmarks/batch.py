@@ -2,7 +2,7 @@
 CPU-second of each (all the processes a run starts, Ray's included), wall time, and the fixed start-up cost; then
 a scaling table on paper from the measured per-core rate.
 
-    python benchmarks/batch.py [--n 2000] [--workers 2] [--sizes 160 320] [--keep DIR]
+    python benchmarks/batch.py [--n 2000] [--workers 2] [--sizes 200 400] [--keep DIR]
 
 Photos are copies of examples/astronaut.png, each resized to its own side between --sizes (one face each). CPU
 time is read from /proc for every process of the run's session (each run is started in a session of its own),
@@ -86,7 +86,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--sizes", type=int, nargs=2, default=(160, 320))
+    ap.add_argument("--sizes", type=int, nargs=2, default=(200, 400))
     ap.add_argument("--small", type=int, default=16, help="photos of the start-up run")
     ap.add_argument("--keep", help="folder for photos and outputs (default: a temporary one, removed)")
     args = ap.parse_args()
