@@ -113,7 +113,7 @@ def _check_model(model: str | None) -> bytes | None:
 
 
 class _PartWorker:
-    """A Ray Data actor: loads the model once, then turns each block (a row ``{part, names}``) into a written
+    """A Ray Data actor: loads the model once, then turns each block (a row ``{part, inputs}``) into a written
     part and a small summary row."""
 
     def __init__(self, job: Job, model_bytes: bytes | None) -> None:
