@@ -248,7 +248,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
     p.add_argument("--labels", help="predict the files listed in this CSV (column file, relative to --data)")
     p.add_argument("--data", help="folder the --labels file names are relative to")
-    p.add_argument("--out", required=True, help="PREDS.csv or PREDS.json")
+    p.add_argument("--out", required=True, help="PREDS.csv or PREDS.json (--engine ray: a folder or s3:// prefix)")
     p.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
     p.add_argument("--annotate", metavar="DIR", help="also write each photo with boxes and labels drawn into DIR; "
                    "for a video, the annotated copy to write (.mp4 or .avi)")
@@ -261,7 +261,25 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--det-threshold", type=_number(float, 0, 1), default=0.7,
                    help="minimum detector score of the final stage (default 0.7)")
     _add_max_faces(p, "a photo with more gets a faces_dropped row")
-    _add_run_options(p, 16, "images per network call", "threads that decode, detect and predict side by side", "cpu")
+    _add_run_options(p, 16, "images per network call", "threads that decode, detect and predict side by side; "
+                     "with --engine ray, actors of one CPU each (0: one per CPU of the cluster)", "cpu")
+    _add_engine_options(p)
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    """``predict --engine ray``: many photos over a Ray cluster into a Parquet dataset (docs/batch.md)."""
+    g = p.add_argument_group("--engine ray (pip install 'agegender[ray]'; docs/batch.md)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (default): this process; ray: Ray Data actors write --out as a Parquet dataset (a "
+                   "folder or s3://bucket/prefix), resumable: a re-run skips the inputs already there. INPUTs may "
+                   "also be .txt lists of paths or URIs, and s3:// prefixes")
+    g.add_argument("--address", default=None, help="Ray cluster to run on (default: RAY_ADDRESS, else a local "
+                   "Ray started for the run)")
+    g.add_argument("--s3-endpoint", default=None, metavar="URL", help="S3-compatible endpoint, e.g. "
+                   "http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL, else AWS); credentials and region from the "
+                   "usual AWS variables")
+    g.add_argument("--block-size", type=_number(int, 1), default=256,
+                   help="inputs per Parquet part file, the most work a dead worker costs (default 256)")
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:

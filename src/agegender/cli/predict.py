@@ -34,6 +34,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from agegender.inference.predictor import Predictor
     from agegender.model.checkpoint import resolve_model_path
 
+    if args.engine == "ray":
+        from agegender.cli.cluster import cmd_predict_ray
+
+        return cmd_predict_ray(args)
     out_path = Path(args.out)
     if out_path.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out must end in .csv or .json, got {out_path.name}")
