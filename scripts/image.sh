@@ -101,7 +101,7 @@ make_wheels() {
     # One resolution with the project, so that the two sets of wheels agree (numpy and friends).
     rm -rf build/image/wheels-ray
     "$PYTHON" -m pip wheel -q --disable-pip-version-check --wheel-dir build/image/wheels-ray \
-      --find-links build/image/wheels "$src" "ray[data,default]" pyarrow
+      --find-links build/image/wheels "$src[ray]" "ray[default]"
   fi
 }
 
