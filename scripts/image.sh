@@ -10,6 +10,7 @@
 #   IMAGE    name of the image to build (default agegender:latest, agegender:ray for the ray target)
 #   PYTHON   host Python 3.11 that builds the wheels and gives the reference answer (default .venv/bin/python)
 #   CACHE    default ${XDG_CACHE_HOME:-~/.cache}/agegender-image
+#   HEALTHY_S  most seconds from start to healthy (default 5)
 #   DEBIAN_MIRROR   for debootstrap (default http://deb.debian.org/debian)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -120,5 +121,6 @@ build() {
 
 build
 if [ "$ACTION" = test ]; then
-  "$PYTHON" scripts/image_check.py --image "$IMAGE" --target "$TARGET" -- "${PODMAN[@]}" run "${ULIMITS[@]}"
+  "$PYTHON" scripts/image_check.py --image "$IMAGE" --target "$TARGET" --healthy-s "${HEALTHY_S:-5}" -- \
+    "${PODMAN[@]}" run "${ULIMITS[@]}"
 fi
