@@ -256,7 +256,8 @@ def test_video_user_errors_exit_2(clip: Path, tmp_path: Path, caplog: pytest.Log
     cases = [(video, ["--every", "0"], "--every must be 1 or more"),
              ([*video, str(ASTRONAUT)], [], "give one video alone"),
              (video, ["--aligned"], "--aligned is for face crops"),
-             (video, ["--annotate", str(tmp_path / "a.gif")], "can write .avi, .m4v, .mov, .mp4, .webm videos, not .gif"),
+             (video, ["--annotate", str(tmp_path / "a.gif")],
+              "can write .avi, .m4v, .mov, .mp4, .webm videos, not .gif"),
              (video, ["--tracks", str(tmp_path / "t.txt")], "rows are written to .csv or .json")]
     for inputs, options, message in cases:
         caplog.clear()
