@@ -45,6 +45,10 @@ from agegender.model.onnx import OnnxModel
 TOOLS = {"ours": "agegender", "faceapi": "face-api.js"}
 PEER_SOURCE = "../shared/peers/faceapi"  # the read-only copy shipped beside the data sets
 TITLES = {"utkface": "UTKFace test crops", "aaf": "AAF test photos, each tool's own detector (faces found by both)"}
+# Children, counted together for gender (their faces carry the least of it), and the smallest age group that counts
+# in the balanced figures (its "bias" column is the largest |mean signed error| of the groups counted).
+CHILDREN = ("0-2", "3-9")
+MIN_GROUP = 20
 FACE_POLICY = "largest"  # a loose crop may show part of a second face: take the largest, as our photos path does
 
 
@@ -132,17 +136,19 @@ def side_by_side(records: list[Record], ours: pd.DataFrame, peer: pd.DataFrame |
     return frame
 
 
-def bucket_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per age bucket with images, and ``all``: ``photos``, each tool's faces ``<tool>_found``, and on the ``n``
-    images every tool found a face in, each tool's ``<tool>_mae``, ``<tool>_bias`` (mean signed error) and
-    ``<tool>_gender_acc`` (None where undefined)."""
+def bucket_table(frame: pd.DataFrame, min_group: int = MIN_GROUP) -> pd.DataFrame:
+    """Per age bucket with images, children ``0-9`` together, ``all``, and ``balanced`` (the mean of the buckets'
+    MAEs over buckets of at least ``min_group`` scored images, with the largest |bias| among them): ``photos``,
+    each tool's faces ``<tool>_found``, and on the ``n`` images every tool found a face in, each tool's
+    ``<tool>_mae``, ``<tool>_bias`` (mean signed error) and ``<tool>_gender_acc`` (None where undefined)."""
     tools = [t for t in TOOLS if f"{t}_age" in frame]
     found = {t: frame[f"{t}_age"].notna() for t in tools}
     scored = pd.concat(found.values(), axis=1).all(axis=1)
     buckets = frame["age_true"].map(lambda a: age_bucket(a) if not pd.isna(a) else None)
     rows = []
-    for name in [*AGE_BUCKET_NAMES, "all"]:
-        mask = pd.Series(True, index=frame.index) if name == "all" else buckets == name
+    for name in [*AGE_BUCKET_NAMES, "0-9", "all"]:
+        mask = pd.Series(True, index=frame.index) if name == "all" else \
+            buckets.isin(CHILDREN) if name == "0-9" else buckets == name
         if not mask.any():
             continue
         both = frame[mask & scored]
@@ -153,6 +159,15 @@ def bucket_table(frame: pd.DataFrame) -> pd.DataFrame:
             row |= {f"{t}_found": int((mask & found[t]).sum()), f"{t}_mae": figures.get("age_mae"),
                     f"{t}_bias": figures.get("age_bias"), f"{t}_gender_acc": figures.get("gender_accuracy")}
         rows.append(row)
+    groups = [r for r in rows if r["age"] in AGE_BUCKET_NAMES and r["n"] >= max(min_group, 1)]
+    if groups:  # every age group counted the same: the mean of the groups' MAEs, and the largest |bias|
+        balanced = {"age": "balanced", "photos": sum(r["photos"] for r in groups), "n": sum(r["n"] for r in groups)}
+        for t in tools:
+            worst = max(groups, key=lambda r: abs(r[f"{t}_bias"]))
+            balanced |= {f"{t}_found": sum(r[f"{t}_found"] for r in groups),
+                         f"{t}_mae": sum(r[f"{t}_mae"] for r in groups) / len(groups),
+                         f"{t}_bias": worst[f"{t}_bias"], f"{t}_gender_acc": None}
+        rows.append(balanced)
     return pd.DataFrame(rows)
 
 

@@ -39,7 +39,7 @@ def test_bucket_table_scores_only_what_both_found(peers) -> None:
     assert list(frame.columns) == ["file", "age_true", "gender_true", "ours_age", "ours_p_female", "faceapi_age",
                                    "faceapi_p_female", "faceapi_det_score"]
     table = peers.bucket_table(frame).set_index("age")
-    assert list(table.index) == ["0-2", "20-29", "70+", "all"]
+    assert list(table.index) == ["0-2", "20-29", "70+", "0-9", "all"]  # no group of 20: no balanced row
     assert table.loc["0-2"].to_dict() == {
         "photos": 1, "n": 1, "ours_found": 1, "ours_mae": 2.0, "ours_bias": 2.0, "ours_gender_acc": 1.0,
         "faceapi_found": 1, "faceapi_mae": 1.0, "faceapi_bias": -1.0, "faceapi_gender_acc": 1.0}
@@ -54,11 +54,18 @@ def test_bucket_table_scores_only_what_both_found(peers) -> None:
     assert (row["ours_mae"], row["ours_bias"], row["faceapi_mae"], row["faceapi_bias"]) == (3.5, -1.5, 1.5, 0.5)
     assert (row["ours_gender_acc"], row["faceapi_gender_acc"]) == (1.0, 0.5)
 
+    assert table.loc["0-9"].to_dict() == table.loc["0-2"].to_dict()  # the only child
+    # Every group with a scored image counted the same: ours (2 + 5) / 2, its largest bias the -5 of 20-29;
+    # face-api.js (1 + 2) / 2, its largest +2 (20-29) over -1 (0-2).
+    balanced = peers.bucket_table(frame, min_group=1).set_index("age").loc["balanced"]
+    assert (balanced["ours_mae"], balanced["ours_bias"], balanced["faceapi_mae"], balanced["faceapi_bias"]) == (
+        3.5, -5.0, 1.5, 2.0)
+
     lines = peers.markdown(peers.bucket_table(frame), detect=True)
     assert lines[0] == ("| age | n | agegender age MAE | agegender bias | face-api.js age MAE | face-api.js bias | "
                         "agegender gender acc | face-api.js gender acc | faces found (agegender / face-api.js, "
                         "of photos) |")
-    assert lines[-2] == "| 70+ | 0 | - | - | - | - | - | - | 0 / 1 of 1 |"
+    assert lines[-3] == "| 70+ | 0 | - | - | - | - | - | - | 0 / 1 of 1 |"
     assert lines[-1] == "| all | 2 | 3.50 | -1.50 | 1.50 | +0.50 | 100.0% | 50.0% | 3 / 3 of 4 |"
     # Alone: ours on a, b, c (errors +2, -5, +2; c called male); face-api on a, b, d (-1, +2, -15; b wrong).
     assert peers.alone_rows(frame) == ["| agegender alone | 3 | 3.00 | -0.33 | 66.7% |",

@@ -73,7 +73,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(model_path, device=args.device, flip_tta=args.tta, runtime=args.runtime)
     records, scope, skipped_labels = _evaluation_records(args)
     df, rep = evaluate(predictor, args.data, records, detect=args.detect, face=args.face, min_face=args.min_face,
-                       degrade=args.degrade, batch_size=args.batch_size, workers=args.workers,
+                       damage=args.damage, batch_size=args.batch_size, workers=args.workers,
                        progress=not args.quiet)
     rep["meta"] |= {"model": str(model_path), "data": str(args.data), "labels": args.labels, "scope": scope,
                     "skipped_labels": skipped_labels}

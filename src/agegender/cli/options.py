@@ -237,8 +237,10 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--min-face", type=_number(int, 1), default=20,
                    help="with --detect: smallest face side to look for, pixels (default 20; loose face crops can use "
                    "a larger value, which is faster)")
-    e.add_argument("--degrade", action="store_true", help="score a fixed degraded copy of each face (greyscale, "
-                   "a third of the size, blurred, JPEG quality 30): robustness to poor photos")
+    e.add_argument("--damage", choices=("degraded", "old_print"),
+                   help="score a fixed damaged copy of each face: degraded (greyscale, a third of the size, blurred, "
+                   "JPEG quality 30: a poor photo) or old_print (sepia, faded, grainy, small, dark corners: a scanned "
+                   "family print); robustness to poor photos")
     e.add_argument("--split-file", help="a run's split.csv, to evaluate one subset")
     e.add_argument("--subset", default="test", choices=SUBSETS, help="subset (default test)")
     e.add_argument("--out", required=True, help="REPORT.json to write")

@@ -113,29 +113,31 @@ def predict_records(predictor: Predictor, root: str | Path, records: Sequence[Re
 
 
 def evaluate(predictor: Predictor, root: str | Path, records: Sequence[Record], *, detect: bool = False,
-             face: str = "single", min_face: int = 20, degrade: bool = False, batch_size: int = 128,
+             face: str = "single", min_face: int = 20, damage: str | None = None, batch_size: int = 128,
              workers: int = 0, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Predict every record under ``root`` (face crops, or with ``detect`` photos detected and aligned first)
-    and score the predictions: ``(predictions frame, report)``. ``degrade`` scores the fixed degraded copy of
-    each face (:func:`agegender.evaluation.damage.degrade_fixed`). Unreadable images and photos without a usable
-    face are skipped and counted in ``report["meta"]``. ``batch_size``: images read per step; ``workers``: threads
-    that read them (0: the predictor's)."""
-    from agegender.evaluation.damage import degrade_fixed
+    and score the predictions: ``(predictions frame, report)``. ``damage`` scores the fixed damaged copy of each
+    face instead (a name of :data:`agegender.evaluation.damage.DAMAGES`: ``"degraded"`` or ``"old_print"``).
+    Unreadable images and photos without a usable face are skipped and counted in ``report["meta"]``.
+    ``batch_size``: images read per step; ``workers``: threads that read them (0: the predictor's)."""
+    from agegender.evaluation.damage import DAMAGES
     from agegender.faces.loader import image_loader
 
+    if damage is not None and damage not in DAMAGES:
+        raise ValueError(f"damage must be one of {', '.join(DAMAGES)}, got {damage!r}")
     read = image_loader(detect, face, min_face)
 
-    def read_degraded(path: Path) -> Image.Image:
-        return degrade_fixed(read(path))
+    def read_damaged(path: Path) -> Image.Image:
+        return DAMAGES[damage](read(path))
 
-    out = predict_records(predictor, root, records, read_degraded if degrade else read, workers, progress,
+    out = predict_records(predictor, root, records, read_damaged if damage else read, workers, progress,
                           chunk=max(batch_size, 1))
     df = predictions_frame(out, records, predictor.interval_scale)
     if df.empty:
         raise DataError(f"none of the {len(records)} images under {root} could be read")
     rep = score(df, [records[i] for i in out["index"]], predictor.interval_coverage)
     rep["meta"] = {"tta": predictor.flip_tta, "age_map": predictor.model.config.age_map is not None,
-                   "degraded": degrade, "skipped_unreadable_or_no_face": len(records) - len(df)}
+                   "damage": damage, "skipped_unreadable_or_no_face": len(records) - len(df)}
     return df, rep
 
 
