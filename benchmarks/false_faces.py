@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import pickle
 import shlex
 import sys
 import tempfile
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from agegender.faces.boxes import GHOST_OVERLAP, GHOST_REACH, GHOST_SIDE_RATIO, suppress_ghosts
+from agegender.faces.boxes import GHOST_BESIDE, GHOST_OVERLAP, GHOST_REACH, GHOST_SIDE_RATIO, suppress_ghosts
 from agegender.faces.detect import Face, FaceDetector
 from agegender.inference.results import FacePrediction, Prediction
 from agegender.io.images import as_rgb_array, open_image
@@ -49,13 +50,15 @@ SKIMAGE_SAMPLES = ("brick", "chelsea", "coffee", "coins", "grass", "gravel", "hu
                    "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina", "rocket", "text",
                    "horse", "cell",
                    "checkerboard", "clock", "colorwheel", "stereo_motorcycle")
-# (rule name, side_ratio, overlap, reach, O-Net score floor); None: suppression off.
-RULES = [("off (before)", None, None, None, 0.7)] + [
-    (f"ratio {r}, overlap {o}, reach {h}", r, o, h, 0.7) for r, o, h in
-    itertools.product((0.4, 0.5, 0.6), (0.3, 0.5), (1.0, 1.5, 2.0))] + [
-    ("off, O-Net score >= 0.9", None, None, None, 0.9),
-    (f"chosen (ratio {GHOST_SIDE_RATIO}, overlap {GHOST_OVERLAP}, reach {GHOST_REACH})", GHOST_SIDE_RATIO,
-     GHOST_OVERLAP, GHOST_REACH, 0.7)]
+# (rule name, side_ratio, overlap, reach, beside, O-Net score floor); None: suppression off.
+RULES = [("off (before)", None, None, None, None, 0.7)] + [
+    (f"ratio {r}, overlap {o}, beside {b}", r, o, GHOST_REACH, b, 0.7) for b, r, o in
+    itertools.product((0.0, 0.5), (0.4, 0.5, 0.6), (0.3, 0.5))] + [
+    (f"ratio {GHOST_SIDE_RATIO}, overlap {GHOST_OVERLAP}, beside {GHOST_BESIDE}, reach {h}", GHOST_SIDE_RATIO,
+     GHOST_OVERLAP, h, GHOST_BESIDE, 0.7) for h in (1.0, 2.0)] + [
+    ("off, O-Net score >= 0.9", None, None, None, None, 0.9),
+    (f"chosen (ratio {GHOST_SIDE_RATIO}, overlap {GHOST_OVERLAP}, beside {GHOST_BESIDE}, reach {GHOST_REACH})",
+     GHOST_SIDE_RATIO, GHOST_OVERLAP, GHOST_REACH, GHOST_BESIDE, 0.7)]
 
 
 def generated_backgrounds(rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
@@ -168,12 +171,12 @@ def clips(detector: FaceDetector, n_frames: int, textured: np.ndarray) -> list[C
 
 def apply(faces: list[Face], rule: tuple) -> list[Face]:
     """``faces`` (found with the suppression off) after ``rule``: the O-Net score floor, then the suppression."""
-    _, ratio, overlap, reach, floor = rule
+    _, ratio, overlap, reach, beside, floor = rule
     faces = [f for f in faces if f.score >= floor]
     if ratio is None or len(faces) < 2:
         return faces
     boxes = np.array([[*f.box, f.score] for f in faces])
-    return [faces[i] for i in sorted(suppress_ghosts(boxes, ratio, overlap, reach).tolist())]
+    return [faces[i] for i in sorted(suppress_ghosts(boxes, ratio, overlap, reach, beside).tolist())]
 
 
 def clip_figures(clip: Clip, rule: tuple) -> tuple[int, int, int, int, dict[int, int]]:
@@ -192,7 +195,7 @@ def clip_figures(clip: Clip, rule: tuple) -> tuple[int, int, int, int, dict[int,
                        for i, f in enumerate(faces)]
         for n, tracks in tracked.items():
             counted[n] |= {t.track for t in tracks.update(index, predictions)}
-    return visible, ghosts, misses, len(clip.frames), {n: len(c) for n, c in counted.items()}
+    return visible, ghosts, misses, len(clip.detections), {n: len(c) for n, c in counted.items()}
 
 
 def aaf_sets(aaf: Path, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -214,32 +217,47 @@ def aaf_sets(aaf: Path, rng: np.random.Generator) -> tuple[list[np.ndarray], lis
     return singles, groups
 
 
+def detect_all(args: argparse.Namespace) -> dict:
+    """Every set's raw detections (suppression off), with what the table needs to score them."""
+    rng = np.random.default_rng(args.seed)
+    detector = FaceDetector(drop_ghosts=False)
+    free = generated_backgrounds(rng) + skimage_samples()
+    textured = dict(generated_backgrounds(np.random.default_rng(1)))["weave/60"]
+    moving = clips(detector, args.frames, textured)
+    for clip in moving:
+        clip.detections = [detector.detect(f) for f in clip.frames]
+        clip.frames = []  # not needed any more, nor in the cache
+    singles, groups = aaf_sets(args.aaf, rng) if args.aaf else ([], [])
+    return {"free": [name for name, _ in free], "free_faces": [detector.detect(pixels) for _, pixels in free],
+            "moving": moving, "single_faces": [detector.detect(p) for p in singles],
+            "group_faces": [detector.detect(p) for p in groups]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--aaf", type=Path, help="All-Age-Faces folder (images/): single photos and group canvases")
     ap.add_argument("--frames", type=int, default=100, help="frames per moving-face clip (default 100)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", type=Path, help="keep the raw detections in this file (pickle) and reuse them: "
+                    "the rules can then be changed and scored again in seconds")
     args = ap.parse_args(argv)
     t0 = time.time()
-    rng = np.random.default_rng(args.seed)
-    detector = FaceDetector(drop_ghosts=False)
-    free = generated_backgrounds(rng) + skimage_samples()
-    free_faces = [detector.detect(pixels) for _, pixels in free]
-    textured = dict(generated_backgrounds(np.random.default_rng(1)))["weave/60"]
-    moving = clips(detector, args.frames, textured)
-    for clip in moving:
-        clip.detections = [detector.detect(f) for f in clip.frames]
-    singles, groups = aaf_sets(args.aaf, rng) if args.aaf else ([], [])
-    single_faces = [detector.detect(p) for p in singles]
-    group_faces = [detector.detect(p) for p in groups]
-
+    if args.cache and args.cache.exists():
+        found = pickle.loads(args.cache.read_bytes())
+    else:
+        found = detect_all(args)
+        if args.cache:
+            args.cache.write_bytes(pickle.dumps(found))
+    free, free_faces, moving = found["free"], found["free_faces"], found["moving"]
+    single_faces, group_faces = found["single_faces"], found["group_faces"]
+    singles = single_faces
     print(f"$ {' '.join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])}")
-    print(f"{len(free)} face-free images ({sum(n.startswith('skimage') for n, _ in free)} from scikit-image); "
+    print(f"{len(free)} face-free images ({sum(n.startswith('skimage') for n in free)} from scikit-image); "
           f"{len(moving)} clips of {args.frames} frames ({', '.join(c.name for c in moving)})"
-          + (f"; {len(singles)} AAF photos, {len(groups)} AAF groups of 3" if args.aaf else ""))
+          + (f"; {len(singles)} AAF photos, {len(group_faces)} AAF groups of 3" if single_faces else ""))
     head = ("| rule | false faces / face-free image | ghosts / clip frame | face missed / clip frame | tracks per clip "
             f"(confirm 1 / {CONFIRM_FRAMES}) |")
-    if args.aaf:
+    if single_faces:
         head += " AAF photos: found, extra boxes | AAF groups: faces found of 300, extra boxes |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
@@ -252,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         tracks1 = np.mean([f[4][1] for f in figures])
         tracksn = np.mean([f[4][CONFIRM_FRAMES] for f in figures])
         line = f"| {rule[0]} | {false:.3f} | {ghosts:.3f} | {misses:.3f} | {tracks1:.2f} / {tracksn:.2f} |"
-        if args.aaf:
+        if single_faces:
             kept = [apply(f, rule) for f in single_faces]
             found = sum(bool(k) for k in kept)
             extra = sum(max(0, len(k) - 1) for k in kept)

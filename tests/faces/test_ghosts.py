@@ -1,5 +1,5 @@
 """The detector's final-stage suppression of ghost faces (faces.boxes.suppress_ghosts): a box around a face and its
-shoulders, or a small box on the collar below a face, goes; faces side by side, large and small, stay."""
+shoulders, or a small box on the collar below a face or beside it, goes; faces side by side, large and small, stay."""
 
 from __future__ import annotations
 
@@ -31,15 +31,16 @@ def boxes(*rows: tuple) -> np.ndarray:
 
 def test_which_pairs_are_ghosts() -> None:
     face = (200, 100, 300, 220, 0.99)
-    # A small box on the collar or chest below a face, or a large box around it: the lower score goes.
-    assert suppress_ghosts(boxes(face, (230, 250, 255, 280, 0.85))).tolist() == [0]
-    assert suppress_ghosts(boxes(face, (120, 60, 420, 500, 0.92))).tolist() == [0]
+    # A small box on the collar or chest below a face, right beside it, or a large box around it: the lower score
+    # goes.
+    for ghost in ((230, 250, 255, 280, 0.85), (310, 130, 330, 155, 0.8), (120, 60, 420, 500, 0.92)):
+        assert suppress_ghosts(boxes(face, ghost)).tolist() == [0], ghost
     # ... whichever is the better-scoring one: a ghost scoring above the face would win, so the face is kept
     # only by its score (the rule never keeps both).
     assert suppress_ghosts(boxes((200, 100, 300, 220, 0.8), (230, 250, 255, 280, 0.9))).tolist() == [1]
-    # Faces that stay: side by side at any size, a similar-sized face below (a child in front), a small face
-    # above (far away), and a small face well below the body region (which reaches 1.5 face heights down).
-    for other in ((320, 100, 420, 220, 0.9), (330, 150, 350, 175, 0.9), (215, 240, 285, 320, 0.9),
+    # Faces that stay: a similar-sized face beside or below (a child in front), a small face more than half a face
+    # width to the side or above (far away), and a small face well below the body region (1.5 face heights down).
+    for other in ((320, 100, 420, 220, 0.9), (360, 150, 380, 175, 0.9), (215, 240, 285, 320, 0.9),
                   (240, 20, 260, 45, 0.9), (240, 420, 262, 446, 0.9)):
         assert suppress_ghosts(boxes(face, other)).tolist() == [0, 1], other
     # A box already dropped drops nothing: the real small face next to a ghost box is kept.
