@@ -89,10 +89,10 @@ make_wheels() {
   src=$(mktemp -d)
   TEMPS+=("$src")
   if git rev-parse --git-dir >/dev/null 2>&1; then
-    git ls-files -co --exclude-standard -- pyproject.toml README.md 'LICEN[CS]E*' src \
+    git ls-files -co --exclude-standard -- pyproject.toml README.md 'LICEN[CS]E*' MODEL_LICENSE.md src \
       | while IFS= read -r f; do if [ -e "$f" ]; then printf '%s\n' "$f"; fi; done | tar -cf - -T - | tar -xf - -C "$src"
   else
-    tar -cf - --exclude=__pycache__ --exclude='*.egg-info' pyproject.toml README.md src | tar -xf - -C "$src"
+    tar -cf - --exclude=__pycache__ --exclude='*.egg-info' pyproject.toml README.md LICENSE MODEL_LICENSE.md src | tar -xf - -C "$src"
   fi
   rm -rf build/image/wheels
   # A fixed timestamp makes the same sources give the same wheel, so podman's layer cache holds across builds.

@@ -1,14 +1,63 @@
 """onnxruntime sessions, torch-free: one intra-op thread by default, no spinning, no memory patterns, and one
 memory arena shared by every session of the process. The age model (:class:`agegender.model.onnx.OnnxModel`) and
-the face detector's three networks (:class:`agegender.faces.detect.OnnxNetworks`) are made here.
+the face detector's three networks (:class:`agegender.faces.detect.OnnxNetworks`) are made here, on the execution
+providers a ``--device`` names (:func:`providers_for`).
 """
 
 from __future__ import annotations
 
+import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from agegender.errors import CheckpointError
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+DEVICES = "cpu, cuda, cuda:N or auto"
+GPU_HINT = ("pip install 'agegender[gpu]' (onnxruntime-gpu, in place of onnxruntime) on a machine with an NVIDIA GPU, "
+            "CUDA 12 and cuDNN 9")
+
+
+def available_providers() -> list[str]:
+    """onnxruntime's execution providers in this installation (empty without onnxruntime)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return list(ort.get_available_providers())
+
+
+def providers_for(device: str, available: Sequence[str] | None = None) -> list:
+    """onnxruntime's providers for ``device`` (``available``: the installation's, by default asked of onnxruntime).
+
+    ``cpu``: the CPU. ``cuda`` or ``cuda:N``: GPU N (0) through the CUDA provider, the CPU for what it cannot run;
+    ``ValueError`` where this onnxruntime has no CUDA provider. ``auto``: CUDA where there is a provider for it,
+    else the CPU. Anything else is a ``ValueError`` (a user's error: exit 2). A device asked for by name is a
+    ``(name, options)`` pair, and :func:`session` refuses to fall back from it; ``auto``'s is a plain name.
+
+    >>> providers_for("cpu", [CUDA, CPU]), providers_for("auto", [CPU]), providers_for("auto", [CUDA, CPU])
+    (['CPUExecutionProvider'], ['CPUExecutionProvider'], ['CUDAExecutionProvider', 'CPUExecutionProvider'])
+    >>> providers_for("CUDA:1", [CUDA, CPU])
+    [('CUDAExecutionProvider', {'device_id': 1}), 'CPUExecutionProvider']
+    >>> providers_for("banana", [CPU])
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown device 'banana': use cpu, cuda, cuda:N or auto
+    """
+    name = str(device).strip().lower()
+    cuda = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if name not in ("cpu", "auto") and cuda is None:
+        raise ValueError(f"unknown device {device!r}: use {DEVICES}")
+    available = available_providers() if available is None else list(available)
+    if name == "cpu":
+        return [CPU]
+    if name == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    if CUDA not in available:
+        raise ValueError(f"device {device!r}: this onnxruntime has no CUDA provider (it has "
+                         f"{', '.join(available) or 'none'}); {GPU_HINT}; or use --device cpu")
+    return [(CUDA, {"device_id": int(cuda[1] or 0)}), CPU]
 
 _ARENA_LOCK = threading.Lock()
 _shared_arena: bool | None = None  # None: not tried yet in this process
@@ -35,9 +84,11 @@ def _use_shared_arena(ort, options) -> None:
         options.add_session_config_entry("session.use_env_allocators", "1")
 
 
-def session(path: str | Path, threads: int | None = 1, providers: list[str] | None = None):
+def session(path: str | Path, threads: int | None = 1, providers: list | None = None):
     """An ``onnxruntime.InferenceSession`` for ``path`` with ``threads`` intra-op threads (``None``: one per
-    core). Raises :class:`CheckpointError` for a file onnxruntime cannot read."""
+    core) on ``providers`` (:func:`providers_for`; default the CPU). Raises :class:`CheckpointError` for a file
+    onnxruntime cannot read, and ``ValueError`` when a device asked for by name could not be used (onnxruntime
+    would fall back to the CPU without a word)."""
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -59,8 +110,14 @@ def session(path: str | Path, threads: int | None = 1, providers: list[str] | No
     options.enable_mem_pattern = False
     _use_shared_arena(ort, options)
     try:
-        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        made = ort.InferenceSession(str(path), options, providers=providers or [CPU])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable files
         raise CheckpointError(f"{path} is not a readable ONNX model: {e}") from e
+    named = [p[0] for p in providers or [] if isinstance(p, tuple)]
+    missing = [p for p in named if p not in made.get_providers()]
+    if missing:
+        raise ValueError(f"{missing[0]} could not start for {path.name} (onnxruntime fell back to "
+                         f"{', '.join(made.get_providers())}; its log above says why); {GPU_HINT}; or use --device cpu")
+    return made
 
 

@@ -137,7 +137,8 @@ def _predict_images(predictor: Predictor, names: list[str], images: list, aligne
     if not images:
         return []
     if aligned:
-        return [face_row(n, p) for n, p in zip(names, predictor.predict(images, batch_size), strict=True)]
+        crops = predictor.predict(images, batch_size, warn_uncropped=False)  # --aligned: crops, whatever their size
+        return [face_row(n, p) for n, p in zip(names, crops, strict=True)]
     rows = []
     photos = predictor.predict_photos(images, batch_size, max_faces=max_faces)
     for name, image, photo in zip(names, images, photos, strict=True):

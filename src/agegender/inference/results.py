@@ -61,6 +61,31 @@ class FacePrediction:
     landmarks: tuple[tuple[float, float], ...]  # eyes, nose, mouth corners (image left, then right)
     prediction: Prediction
 
+    # The estimate's fields on the face itself, as InsightFace's ``face.age`` (``face.prediction.age`` too).
+    @property
+    def age(self) -> float:
+        return self.prediction.age
+
+    @property
+    def age_low(self) -> float | None:
+        return self.prediction.age_low
+
+    @property
+    def age_high(self) -> float | None:
+        return self.prediction.age_high
+
+    @property
+    def age_sigma(self) -> float | None:
+        return self.prediction.age_sigma
+
+    @property
+    def gender(self) -> str:
+        return self.prediction.gender
+
+    @property
+    def p_female(self) -> float:
+        return self.prediction.p_female
+
     def to_dict(self) -> dict:
         """``{"face", "box": [x1, y1, x2, y2], "det_score", "landmarks": [[x, y] x 5], **prediction}``, rounded as
         outputs are."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -64,20 +65,41 @@ def video_ahead(predictor: Predictor) -> int:
     return max(2, predictor.workers)
 
 
-def predict_video(predictor: Predictor, path: str | Path, out: str | Path, tracks_out: str | Path,
-                  annotate: str | Path | None = None, every: int = 1, progress: bool = True) -> VideoRun:
-    """Follow the faces of the video at ``path``: frame rows to ``out``, track rows to ``tracks_out`` (.csv or
-    .json), the video with each track's running estimate drawn to ``annotate`` (.mp4 or .avi) if given. Faces are
-    detected in every ``every``-th frame. A video that cannot be opened raises :class:`VideoError`; one that
-    breaks off part-way returns with ``error`` set after writing everything up to the break."""
+class _Discard:
+    """A row sink that keeps nothing (rows nobody asked for)."""
+
+    def write(self, rows: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _rows(target: str | Path | Any | None, columns: list[str]) -> Any:
+    """A row sink for ``target``: a .csv/.json path (a :class:`RowSink`), a sink already made (anything with
+    ``write(rows)`` and ``close()``, e.g. :class:`agegender.io.sinks.StreamSink`), or None (nothing kept)."""
+    if target is None:
+        return _Discard()
+    return RowSink(target, columns) if isinstance(target, str | Path) else target
+
+
+def predict_video(predictor: Predictor, path: str | Path, out: str | Path | Any | None,
+                  tracks_out: str | Path | Any | None, annotate: str | Path | None = None, every: int = 1,
+                  progress: bool = True) -> VideoRun:
+    """Follow the faces of the video at ``path``: frame rows to ``out``, track rows to ``tracks_out`` (each a .csv
+    or .json path, a row sink, or None for none), the video with each track's running estimate drawn to
+    ``annotate`` (.mp4 or .webm, which browsers play, or .avi) if given. Faces are detected in every ``every``-th
+    frame. A video that cannot be opened raises :class:`VideoError`; one that breaks off part-way returns with
+    ``error`` set after writing everything up to the break."""
     # Every output name is checked before anything is opened, so a mistyped one leaves no half-written files.
-    if check_rows_path(out).resolve() == check_rows_path(tracks_out).resolve():
+    paths = [check_rows_path(p).resolve() for p in (out, tracks_out) if isinstance(p, str | Path)]
+    if len(paths) == 2 and paths[0] == paths[1]:
         raise ValueError(f"the frame rows and the track rows would both go to {out}")
     if annotate is not None:
         write_codec(annotate)
     reader = VideoReader(path)
     info, file, run = reader.info, str(path), VideoRun()
-    frames_out, tracks_writer, tracks = RowSink(out, FRAME_COLUMNS), RowSink(tracks_out, TRACK_COLUMNS), {}
+    frames_out, tracks_writer, tracks = _rows(out, FRAME_COLUMNS), _rows(tracks_out, TRACK_COLUMNS), {}
     writer = VideoWriter(annotate, info.fps, (info.width, info.height)) if annotate else None
     start = time.perf_counter()
     bar = tqdm(total=info.frames or None, desc=Path(path).name, unit="frame", disable=None if progress else True,
