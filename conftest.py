@@ -7,7 +7,7 @@ from importlib.util import find_spec
 NEEDS = {
     "torch": ["src/agegender/training/*.py", "src/agegender/model/network.py", "src/agegender/model/export.py",
               "src/agegender/faces/mtcnn_torch.py"],
-    "pandas": ["src/agegender/data/labels.py"],
+    "pandas": ["src/agegender/data/labels.py", "src/agegender/data/frames.py"],
     "matplotlib": ["src/agegender/evaluation/plots.py"],
 }
 collect_ignore_glob = [pattern for package, patterns in NEEDS.items() if find_spec(package) is None

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                               60, "AAF"))
     copies = ["clean", *[d for d in args.damages.split(",") if d]]
     out = Path(args.out)
-    results, clean = {}, []
+    results, clean_frames = {}, []
     for source in sources:
         records, split, _ = folder_split(ckpt, source.data, source.labels)
         records = select(records, split, args.subset)
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             write_report(df, rep, out / f"{name}.json", title=name)
             results[name] = figures(df, rep)
             if copy == "clean":
-                clean.append(df)
+                clean_frames.append(df)
     (out / "summary.json").write_text(json.dumps(results, indent=2))
     print(f"$ {' '.join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])}")
     print(f"model {model}; {args.subset} subsets; flip TTA {predictor.flip_tta}")
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             kids = "-" if r["children_gender"] is None else f"{r['children_gender']:.1f}%"
             print(f"| {source.key} | {copy} | {r['n']} | {r['mae']:.2f}{delta} | {r['balanced']:.2f} | "
                   f"{r['bias']:+.2f} | {r['worst_bias']:+.2f} ({r['worst_group']}) | {r['gender']:.2f}% | {kids} |")
-    if len(clean) > 1:  # what training selects by: every source's images together, every age group the same
-        pooled = pd.concat(clean)
+    if len(clean_frames) > 1:  # what training selects by: every source's images together, every age group the same
+        pooled = pd.concat(clean_frames)
         f = balanced_age_figures(pooled["age_pred"].to_numpy(), pooled["age_true"].to_numpy())
         mae = (pooled["age_pred"] - pooled["age_true"]).abs().mean()
         print(f"\npooled clean ({len(pooled)} images): age MAE {mae:.3f}, "

@@ -10,6 +10,7 @@
 #   IMAGE    name of the image to build (default agegender:latest, agegender:ray for the ray target)
 #   PYTHON   host Python 3.11 that builds the wheels and gives the reference answer (default .venv/bin/python)
 #   CACHE    default ${XDG_CACHE_HOME:-~/.cache}/agegender-image
+#   HEALTHY_S  most seconds from start to healthy (default 5)
 #   DEBIAN_MIRROR   for debootstrap (default http://deb.debian.org/debian)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,10 +89,10 @@ make_wheels() {
   src=$(mktemp -d)
   TEMPS+=("$src")
   if git rev-parse --git-dir >/dev/null 2>&1; then
-    git ls-files -co --exclude-standard -- pyproject.toml README.md 'LICEN[CS]E*' src \
+    git ls-files -co --exclude-standard -- pyproject.toml README.md 'LICEN[CS]E*' MODEL_LICENSE.md src \
       | while IFS= read -r f; do if [ -e "$f" ]; then printf '%s\n' "$f"; fi; done | tar -cf - -T - | tar -xf - -C "$src"
   else
-    tar -cf - --exclude=__pycache__ --exclude='*.egg-info' pyproject.toml README.md src | tar -xf - -C "$src"
+    tar -cf - --exclude=__pycache__ --exclude='*.egg-info' pyproject.toml README.md LICENSE MODEL_LICENSE.md src | tar -xf - -C "$src"
   fi
   rm -rf build/image/wheels
   # A fixed timestamp makes the same sources give the same wheel, so podman's layer cache holds across builds.
@@ -101,7 +102,7 @@ make_wheels() {
     # One resolution with the project, so that the two sets of wheels agree (numpy and friends).
     rm -rf build/image/wheels-ray
     "$PYTHON" -m pip wheel -q --disable-pip-version-check --wheel-dir build/image/wheels-ray \
-      --find-links build/image/wheels "$src" "ray[data,default]" pyarrow
+      --find-links build/image/wheels "$src[ray]" "ray[default]"
   fi
 }
 
@@ -120,5 +121,6 @@ build() {
 
 build
 if [ "$ACTION" = test ]; then
-  "$PYTHON" scripts/image_check.py --image "$IMAGE" --target "$TARGET" -- "${PODMAN[@]}" run "${ULIMITS[@]}"
+  "$PYTHON" scripts/image_check.py --image "$IMAGE" --target "$TARGET" --healthy-s "${HEALTHY_S:-5}" -- \
+    "${PODMAN[@]}" run "${ULIMITS[@]}"
 fi

@@ -8,11 +8,17 @@ import random
 import shutil
 import struct
 import zlib
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, features
+
+if find_spec("pandas") is not None:
+    # Tests read outputs with pandas itself: give them the package's text storage (agegender.data.frames), as
+    # pandas 3's default with pyarrow installed (the ray extra) cannot hold the non-UTF-8 names some tests use.
+    import agegender.data.frames  # noqa: F401
 
 REAL_DATA_ENV = "AGEGENDER_TEST_DATA"
 IMAGENET_ENV = "AGEGENDER_TEST_IMAGENET"

@@ -63,6 +63,10 @@ class VideoError(ValueError):
     """The video cannot be opened, or ends before the frames its container declares (truncated or damaged)."""
 
 
+class StorageError(DataError):
+    """Storage that cannot be reached or listed (a dead S3 endpoint, a missing bucket, refused credentials)."""
+
+
 class MissingExtra(Exception):
     """A command needs packages this installation lacks (the message says which extra to install)."""
 

@@ -218,13 +218,23 @@ def test_health_model_docs_and_page(client: TestClient, predictor: Predictor) ->
     assert len(card["training"]["data_fingerprint"]) >= 8
     assert 0 < card["calibration"]["age_interval"]["coverage"] < 1
     assert card["limits"]["max_upload_bytes"] == 10 * 1024 * 1024
-    # Swagger UI and ReDoc load their scripts from a CDN: off unless asked for; the description itself stays.
-    assert_error(client.get("/docs"), 404, "not_found")
+    assert card["live"] == {"available": True, "detail": None}  # norfair is installed here
+    # /docs is on by default and served from the service's own files; ReDoc (a CDN's script) is not offered.
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert "/docs-assets/swagger-ui-bundle.js" in docs.text and "/docs-assets/swagger-ui.css" in docs.text
+    assert "https://" not in docs.text and "http://" not in docs.text and '"validatorUrl": null' in docs.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert client.get(f"/docs-assets/{asset}").status_code == 200
     assert_error(client.get("/redoc"), 404, "not_found")
-    with TestClient(create_app(predictor, docs=True)) as c:
-        docs = c.get("/docs")
-        assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    with TestClient(create_app(predictor, docs=False)) as c:
+        assert_error(c.get("/docs"), 404, "not_found")
+    favicon = client.get("/favicon.ico")
+    assert favicon.status_code == 200 and favicon.headers["content-type"] == "image/x-icon"
+    assert Image.open(io.BytesIO(favicon.content)).format == "ICO"
     spec = client.get("/openapi.json").json()
+    ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids)), ids  # one operation per route and method: no duplicate ids
     assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -335,3 +345,26 @@ def test_uploads_are_not_written_to_disk(client: TestClient, photo: bytes, tmp_p
     assert r.status_code == 200 and len(r.json()["faces"]) == 1
     assert written == []
     assert list(scratch.iterdir()) == []
+
+
+def test_live_tracking_is_said_unavailable_where_norfair_is_missing(predictor: Predictor,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # The inference-only install: the page asks /v1/model and disables "Start live" with this hint.
+    monkeypatch.setitem(sys.modules, "norfair", None)
+    with TestClient(create_app(predictor)) as c:
+        live = c.get("/v1/model").json()["live"]
+    assert live["available"] is False and "pip install 'agegender[video]'" in live["detail"]
+
+
+def test_answers_write_numbers_as_the_csv_does(client: TestClient) -> None:
+    from agegender.serving.app import PlainJSONResponse
+
+    body = PlainJSONResponse({"p_female": 6e-05, "file": "a_1e-05.jpg", "age": 31.25}).body
+    assert body == b'{"p_female":0.00006,"file":"a_1e-05.jpg","age":31.25}'
+    # Every JSON route of the app answers through it.
+    from fastapi.routing import APIRoute
+
+    for route in client.app.routes:
+        if isinstance(route, APIRoute) and route.include_in_schema:
+            cls = getattr(route.response_class, "value", route.response_class)  # FastAPI's Default() wrapper
+            assert cls is PlainJSONResponse, route.path

@@ -19,7 +19,7 @@ from PIL import Image  # noqa: E402
 from agegender.inference.predictor import Predictor  # noqa: E402
 from agegender.serving.app import create_app  # noqa: E402
 from agegender.video.synthetic import Walker, render, sprite  # noqa: E402
-from agegender.video.tracking import combine  # noqa: E402
+from agegender.video.tracking import CONFIRM_FRAMES, combine  # noqa: E402
 
 ASTRONAUT = Path(__file__).resolve().parents[2] / "examples" / "astronaut.png"
 
@@ -54,14 +54,17 @@ def test_one_person_keeps_one_track_whose_estimate_combines_the_frames(client, p
             ws.send_bytes(data)
             answers.append(ws.receive_json())
     assert [a["frame"] for a in answers] == list(range(6))
-    assert all(len(a["faces"]) == 1 and (a["width"], a["height"]) == (320, 240) for a in answers)
-    faces = [a["faces"][0] for a in answers]
-    assert {f["track"] for f in faces} == {1} and [a["tracks"] for a in answers] == [1] * 6
-    assert [f["track_estimate"]["frames"] for f in faces] == [1, 2, 3, 4, 5, 6]
+    assert all((a["width"], a["height"]) == (320, 240) for a in answers)
+    # A face is a person from the third frame it is found in: nothing before, one track after.
+    later = CONFIRM_FRAMES - 1
+    assert [len(a["faces"]) for a in answers] == [0] * later + [1] * (6 - later)
+    faces = [a["faces"][0] for a in answers[later:]]
+    assert {f["track"] for f in faces} == {1} and [a["tracks"] for a in answers] == [0] * later + [1] * (6 - later)
+    assert [f["track_estimate"]["frames"] for f in faces] == list(range(1, 7 - later))
     last = faces[-1]["track_estimate"]
     expected = combine([f["age"] for f in faces], [f["age_sigma"] for f in faces], [f["p_female"] for f in faces],
                        interval_scale=predictor.interval_scale)
-    assert (last["first_frame"], last["last_frame"]) == (0, 5)
+    assert (last["first_frame"], last["last_frame"]) == (later, 5)
     # The answers are rounded as outputs are (ages to 0.01, sigma to 0.001, p_female to 1e-5); the server combines
     # the unrounded frames.
     for key, within in (("age", 0.011), ("age_sigma", 0.0011), ("age_low", 0.011), ("age_high", 0.011),
@@ -76,9 +79,10 @@ def test_tracks_belong_to_their_connection(client, jpegs) -> None:
         for data in jpegs[:3]:
             first.send_bytes(data)
             first.receive_json()
-        second.send_bytes(jpegs[3])
-        answer = second.receive_json()
-    assert answer["frame"] == 0 and answer["faces"][0]["track_estimate"]["frames"] == 1
+        for data in jpegs[3:6]:  # the second connection's person starts afresh: confirmed on its third frame
+            second.send_bytes(data)
+            answer = second.receive_json()
+    assert answer["frame"] == 2 and answer["faces"][0]["track_estimate"]["frames"] == 1
 
 
 def test_bad_frames_are_answered_and_the_connection_goes_on(client, jpegs) -> None:
@@ -95,7 +99,8 @@ def test_bad_frames_are_answered_and_the_connection_goes_on(client, jpegs) -> No
         ws.send_bytes(grey.getvalue())
         empty = ws.receive_json()
         assert (empty["frame"], empty["faces"], empty["tracks"]) == (0, [], 0)
-        ws.send_bytes(jpegs[0])
-        answer = ws.receive_json()
+        for data in jpegs[:CONFIRM_FRAMES]:
+            ws.send_bytes(data)
+            answer = ws.receive_json()
     # Refused messages use no frame number; a frame without faces does.
-    assert answer["frame"] == 1 and answer["faces"][0]["track"] == 1
+    assert answer["frame"] == CONFIRM_FRAMES and answer["faces"][0]["track"] == 1

@@ -138,14 +138,16 @@ LIVE_INTERVAL_MS = 300  # as in static/app.js
 def test_live_mode_follows_the_fake_camera_one_frame_in_flight(server_url: str, tmp_path: Path) -> None:
     """Chromium's fake camera plays a generated clip (one face swaying 40 px right and back, so the loop is
     seamless and, however slowly a loaded server answers, it never moves far between two frames sent); live mode
-    sends a frame at a time over the WebSocket and shows one track whose frame count grows."""
+    sends a frame at a time over the WebSocket and shows one person, whose box and label are drawn over the video
+    and stay inside it, and whose frame count grows."""
     pytest.importorskip("websockets", reason="uvicorn needs the websockets package for /v1/track (serve extras)")
     pytest.importorskip("norfair", reason="the video extras are not installed (pip install 'agegender[video]')")
     from agegender.video.clips import write_y4m
     from agegender.video.synthetic import Walker, render, sprite
 
+    # The face near the right edge, so that a label drawn from the box's left would run off the video.
     face = sprite(ASTRONAUT, (150, 25, 300, 205), 110)
-    there = list(render([Walker(face, (90, 50), (130, 60))], 20, (320, 240)))
+    there = list(render([Walker(face, (175, 50), (215, 60))], 20, (320, 240)))
     camera = write_y4m(tmp_path / "camera.y4m", there + there[::-1], fps=10)
     args = [*CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
             f"--use-file-for-fake-video-capture={camera}"]
@@ -157,12 +159,18 @@ def test_live_mode_follows_the_fake_camera_one_frame_in_flight(server_url: str, 
         page.goto(f"{server_url}/")
         page.click("#camera-button")
         page.wait_for_function("() => document.querySelector('#video').videoWidth > 0", timeout=30_000)
+        assert page.locator("#live-button").is_enabled()  # /v1/model says live tracking is available here
         page.click("#live-button")
-        page.wait_for_function("() => window.agegenderLive && window.agegenderLive.received >= 8", timeout=180_000)
-        stats = page.evaluate("() => { const s = window.agegenderLive; "
-                              "return {maxInFlight: s.maxInFlight, sent: s.sent, received: s.received, log: s.log}; }")
+        page.wait_for_function("() => window.agegenderLive && window.agegenderLive.received >= 10", timeout=180_000)
+        stats = page.evaluate("() => { const s = window.agegenderLive; return {maxInFlight: s.maxInFlight, "
+                              "sent: s.sent, received: s.received, log: s.log, drawn: s.drawn}; }")
         labels = page.locator(".track-label").all_inner_texts()
         timing = page.locator("#timing").inner_text()
+        video_box = page.locator("#video").bounding_box()
+        overlay_box = page.locator("#overlay").bounding_box()
+        video_size = page.evaluate("() => [document.querySelector('#video').videoWidth, "
+                                   "document.querySelector('#video').videoHeight]")
+        result_canvas_hidden = page.locator("#canvas").is_hidden()
         artifacts = Path(os.environ.get("AGEGENDER_ARTIFACTS") or tmp_path)
         artifacts.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(artifacts / "browser_live.png"), full_page=True)
@@ -171,15 +179,54 @@ def test_live_mode_follows_the_fake_camera_one_frame_in_flight(server_url: str, 
         browser.close()
     assert errors == [] and stats["maxInFlight"] == 1
     log = [entry for entry in stats["log"] if entry["received"] is not None]
-    assert len(log) >= 8
+    assert len(log) >= 10
     for before, after in zip(log, log[1:], strict=False):
         assert after["sent"] >= before["received"], "a frame was sent before the previous one was answered"
         # Steady pace: every interval, or at once after a slower answer; never stalled (the slack covers the
         # capture and JPEG encoding of the next frame on a loaded machine).
         assert after["sent"] - before["sent"] >= LIVE_INTERVAL_MS - 5
         assert after["sent"] - max(before["received"], before["sent"] + LIVE_INTERVAL_MS) < 500
+    # One person: one label, track 1, counted once.
     (text,) = labels
     match = re.fullmatch(r"#1 \d+ ±\d+, (male|female) (0\.\d\d|1\.00) · (\d+) frames", text)
     assert match, text
-    assert int(match.group(3)) >= 8, "one track should hold every answered frame"
+    assert int(match.group(3)) >= 8, "one track should hold every answered frame after its first two"
     assert re.match(r"live · \d+\.\d frames/s · round trip \d+ ms", timing), timing
+    assert timing.endswith("· 1 person so far"), timing
+    # Drawn over the video, not in a second panel: the overlay covers exactly the video's box, at its pixel size,
+    # and every label lies inside it.
+    assert result_canvas_hidden
+    for key in ("x", "y", "width", "height"):
+        assert overlay_box[key] == pytest.approx(video_box[key], abs=1), (overlay_box, video_box)
+    drawn = stats["drawn"]
+    assert [drawn["width"], drawn["height"]] == video_size == [320, 240]
+    (label_box,) = drawn["labels"]
+    x, y, w, h = label_box
+    assert x >= 0 and y >= 0 and x + w <= drawn["width"] + 0.5 and y + h <= drawn["height"] + 0.5, label_box
+
+
+def test_annotated_videos_play_in_chromium(tmp_path: Path) -> None:
+    """The annotated copies agegender writes (H.264 in .mp4, VP9 in .webm) load and play in the browser."""
+    pytest.importorskip("av", reason="the video extras are not installed (pip install 'agegender[video]')")
+    from agegender.video.clips import VideoWriter
+    from agegender.video.synthetic import Walker, render, sprite
+
+    face = sprite(ASTRONAUT, (150, 25, 300, 205), 90)
+    frames = list(render([Walker(face, (10, 20), (200, 40))], 15, (320, 240)))
+    for name in ("clip.mp4", "clip.webm"):
+        with VideoWriter(tmp_path / name, 10, (320, 240)) as writer:
+            for frame in frames:
+                writer.write(frame)
+    (tmp_path / "play.html").write_text('<video id="mp4" muted src="clip.mp4"></video>'
+                                        '<video id="webm" muted src="clip.webm"></video>')
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page()
+        page.goto(f"file://{tmp_path}/play.html")
+        page.wait_for_function("() => ['mp4', 'webm'].every(id => document.getElementById(id).readyState >= 2 "
+                               "|| document.getElementById(id).error)", timeout=30_000)
+        states = page.evaluate("() => ['mp4', 'webm'].map(id => { const v = document.getElementById(id); "
+                               "return [v.error && v.error.message, v.videoWidth, v.videoHeight, v.duration]; })")
+        browser.close()
+    for error, width, height, duration in states:
+        assert error is None and (width, height) == (320, 240) and duration == pytest.approx(1.5, abs=0.15)

@@ -28,10 +28,12 @@ from agegender.cli import main  # noqa: E402
 from agegender.errors import VideoError  # noqa: E402
 from agegender.video.clips import VideoReader, VideoWriter  # noqa: E402
 from agegender.video.synthetic import Walker, render, sprite  # noqa: E402
+from agegender.video.tracking import CONFIRM_FRAMES  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 ASTRONAUT = Path(__file__).resolve().parents[2] / "examples" / "astronaut.png"
 SIZE, FPS = (160, 120), 10
+FIRST = CONFIRM_FRAMES - 1  # a face is a person, with rows, from its third analysed frame
 
 
 def _env() -> dict[str, str]:
@@ -65,7 +67,7 @@ def test_sigterm_during_a_video_finishes_every_file_and_exits_143(tmp_path: Path
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr[-3000:]
     rows = json.loads(out.read_text())
-    assert len(rows) >= 3 and [r["frame"] for r in rows] == list(range(len(rows)))
+    assert len(rows) >= 3 and [r["frame"] for r in rows] == list(range(FIRST, FIRST + len(rows)))
     tracks = json.loads((tmp_path / "frames_tracks.json").read_text())
     assert len(tracks) == 1 and tracks[0]["frames"] >= len(rows)
     with VideoReader(annotated) as reader:  # finished: its index written, every frame drawn so far readable
@@ -130,7 +132,7 @@ def test_an_annotated_video_that_does_not_reach_the_disk_is_reported(tmp_path: P
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, lines[:20]  # one line, not one per frame
     assert f"{annotated}: the annotated video is incomplete, 60 frames were written to it but" in lines[0]
-    assert pd.read_csv(out)["frame"].tolist() == list(range(0, 60, 3))  # the rows are whole
+    assert pd.read_csv(out)["frame"].tolist() == list(range(3 * FIRST, 60, 3))  # the rows are whole
 
 
 # --------------------------------------------------------------------------- clips written byte by byte
@@ -200,11 +202,11 @@ def test_a_variable_frame_rate_gives_each_frame_its_own_time(tmp_path: Path) -> 
     out = tmp_path / "f.csv"
     assert main(["predict", str(clip), "--out", str(out), "--min-face", "40", "-q"]) == 0
     rows = pd.read_csv(out)
-    expected = [i / FPS for i in range(10)] + [(i + 5) / FPS for i in range(10, 20)]
-    assert rows["frame"].tolist() == list(range(20))
+    expected = [i / FPS for i in range(FIRST, 10)] + [(i + 5) / FPS for i in range(10, 20)]
+    assert rows["frame"].tolist() == list(range(FIRST, 20))
     assert rows["time_s"].tolist() == pytest.approx(expected)
     tracks = pd.read_csv(tmp_path / "f_tracks.csv")
-    assert (tracks["first_time_s"].iloc[0], tracks["last_time_s"].iloc[0]) == pytest.approx((0.0, 2.4))
+    assert (tracks["first_time_s"].iloc[0], tracks["last_time_s"].iloc[0]) == pytest.approx((FIRST / FPS, 2.4))
 
 
 @pytest.mark.parametrize("suffix, codec", [(".ts", "mp4v"), (".wmv", "WMV2"), (".mkv", "MJPG")])
@@ -224,14 +226,14 @@ def test_a_truncated_container_is_found_whatever_its_frame_count_says(tmp_path: 
     writer.release()
     out = tmp_path / "f.csv"
     assert main(["predict", str(clip), "--out", str(out), "--min-face", "40", "-q"]) == 0
-    assert len(pd.read_csv(out)) == 20
+    assert len(pd.read_csv(out)) == 20 - FIRST
     cut = tmp_path / f"cut{suffix}"
     cut.write_bytes(clip.read_bytes()[: clip.stat().st_size * 6 // 10])
     caplog.clear()
     assert main(["predict", str(cut), "--out", str(out), "--min-face", "40", "-q"]) == 1
     assert "truncated" in caplog.text, caplog.text
     frames = pd.read_csv(out)["frame"].tolist()
-    assert 0 < len(frames) < 16 and frames == list(range(len(frames)))
+    assert 0 < len(frames) < 16 - FIRST and frames == list(range(FIRST, FIRST + len(frames)))
 
 
 def test_a_video_of_a_crowd_keeps_to_max_faces(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -240,15 +242,15 @@ def test_a_video_of_a_crowd_keeps_to_max_faces(tmp_path: Path, caplog: pytest.Lo
                for i in range(8)]
     clip = tmp_path / "crowd.avi"
     with VideoWriter(clip, FPS, (320, 240)) as writer:
-        for frame in render(walkers, 4, (320, 240)):
+        for frame in render(walkers, 6, (320, 240)):
             writer.write(frame)
     out = tmp_path / "f.csv"
     assert main(["predict", str(clip), "--out", str(out), "--min-face", "30", "-q"]) == 0
-    assert pd.read_csv(out).groupby("frame").size().tolist() == [8] * 4
+    assert pd.read_csv(out).groupby("frame").size().tolist() == [8] * (6 - FIRST)
     caplog.clear()
     assert main(["predict", str(clip), "--out", str(out), "--min-face", "30", "--max-faces", "3", "-q"]) == 1
-    assert pd.read_csv(out).groupby("frame").size().tolist() == [3] * 4
-    assert "4 of 4 analysed frames had more than --max-faces 3 faces; the 3 largest of each were followed" \
+    assert pd.read_csv(out).groupby("frame").size().tolist() == [3] * (6 - FIRST)
+    assert "6 of 6 analysed frames had more than --max-faces 3 faces; the 3 largest of each were followed" \
         in caplog.text
 
 

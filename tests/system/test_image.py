@@ -29,6 +29,8 @@ def _why_not() -> str | None:
 def test_the_image_builds_and_serves_like_the_host():
     # The host's reference answer comes from this interpreter's agegender, the one under test. The script's output
     # (one line per check, with the figures) goes to pytest's captured output: shown on failure and with -rP.
-    env = {**os.environ, "PYTHON": sys.executable}
+    # The 5 s start-to-healthy target is image.sh's own (run it alone for that figure); inside the suite, on a
+    # machine that may be busy, only a container that never gets healthy fails.
+    env = {**os.environ, "PYTHON": sys.executable, "HEALTHY_S": "30"}
     done = subprocess.run(["bash", "scripts/image.sh", "test"], cwd=ROOT, env=env, timeout=900)
     assert done.returncode == 0, "scripts/image.sh test failed; its output is above"

@@ -22,11 +22,12 @@ from agegender.video.synthetic import Walker, render, sprite
 
 pytest.importorskip("norfair", reason="the video extras are not installed (pip install 'agegender[video]')")
 
-from agegender.video.tracking import FRAME_CORRELATION, FaceTracks, combine, track  # noqa: E402
+from agegender.video.tracking import CONFIRM_FRAMES, FRAME_CORRELATION, FaceTracks, combine, track  # noqa: E402
 
 ASTRONAUT = Path(__file__).resolve().parents[2] / "examples" / "astronaut.png"
 SIZE, N_FRAMES, FPS = (320, 240), 30, 10
 A_FIRST, B_LAST = 4, 19  # face A enters in frame 4; face B leaves after frame 19
+LATER = CONFIRM_FRAMES - 1  # analysed frames a face is found in before its track starts
 
 
 def walkers() -> list[Walker]:
@@ -100,15 +101,18 @@ def test_two_faces_crossing_and_leaving_give_two_tracks_with_hand_computed_estim
     for frame in tracked:
         for face in frame.faces:
             rows["A" if face.face.box[1] < SIZE[1] / 2 else "B"][frame.index] = face.track
-    assert sorted(rows["A"]) == list(range(A_FIRST, N_FRAMES)), "face A missed or found where it is not"
-    assert sorted(rows["B"]) == list(range(0, B_LAST + 1)), "face B missed or found after it left"
+    # Each face is a person from the third frame it is found in.
+    assert sorted(rows["A"]) == list(range(A_FIRST + LATER, N_FRAMES)), "face A missed or found where it is not"
+    assert sorted(rows["B"]) == list(range(LATER, B_LAST + 1)), "face B missed or found after it left"
     assert len(set(rows["A"].values())) == 1 and len(set(rows["B"].values())) == 1, "a face changed track"
-    track_a, track_b = rows["A"][A_FIRST], rows["B"][0]
-    assert track_a != track_b
+    track_a, track_b = rows["A"][A_FIRST + LATER], rows["B"][LATER]
+    assert (track_b, track_a) == (1, 2)  # numbered as they are confirmed, from 1
     final = tracked[-1].tracks
     assert set(final) == {track_a, track_b}
-    assert (final[track_a].first_frame, final[track_a].last_frame, final[track_a].frames) == (A_FIRST, 29, 26)
-    assert (final[track_b].first_frame, final[track_b].last_frame, final[track_b].frames) == (0, B_LAST, 20)
+    assert (final[track_a].first_frame, final[track_a].last_frame, final[track_a].frames) == \
+        (A_FIRST + LATER, 29, 26 - LATER)
+    assert (final[track_b].first_frame, final[track_b].last_frame, final[track_b].frames) == \
+        (LATER, B_LAST, 20 - LATER)
     for number in (track_a, track_b):
         preds = [f.face.prediction for frame in tracked for f in frame.faces if f.track == number]
         a = np.array([p.age for p in preds])
@@ -134,7 +138,7 @@ def test_running_estimate_is_the_combination_of_the_frames_so_far(tracked: list)
     (b,) = [f for f in frame.faces if f.face.box[1] > SIZE[1] / 2]
     so_far = [f.face.prediction for fr in tracked[:10] for f in fr.faces if f.track == b.track]
     expected = combine([p.age for p in so_far], [p.age_sigma for p in so_far], [p.p_female for p in so_far])
-    assert b.estimate.frames == len(so_far) == 10 and b.estimate.last_frame == 9
+    assert b.estimate.frames == len(so_far) == 10 - LATER and b.estimate.last_frame == 9
     assert b.estimate.prediction.age == pytest.approx(expected.age)
     assert b.estimate.prediction.age_sigma == pytest.approx(expected.age_sigma)
     assert tracked[9].tracks[b.track] == b.estimate
@@ -147,7 +151,8 @@ def test_every_kth_frame_and_skipped_frames(predictor, clip: Path) -> None:
     assert frames[4].faces == frames[3].faces  # a skipped frame shows the last analysed frame's faces
     final = frames[-1].tracks
     assert len(final) == 2, "at every third frame the tracker should still link each face"
-    assert sorted(e.frames for e in final.values()) == [7, 8]  # B in 0, 3, ..., 18; A in 6, 9, ..., 27
+    # B found in 0, 3, ..., 18 and A in 6, 9, ..., 27: 7 and 8 analysed frames, the first LATER of each left out.
+    assert sorted(e.frames for e in final.values()) == [7 - LATER, 8 - LATER]
     with pytest.raises(ValueError, match="every must be >= 1"):
         next(track(predictor, [], every=0))
 
@@ -191,7 +196,7 @@ def test_predict_a_clip_writes_frame_rows_track_rows_and_an_annotated_video(clip
     assert list(frames.columns) == ["file", "frame", "time_s", "track", "face", "box_x1", "box_y1", "box_x2",
                                     "box_y2", "det_score", "landmarks", "age", "age_low", "age_high", "age_sigma",
                                     "gender", "p_female"]
-    assert set(frames["frame"]) == set(range(0, N_FRAMES, 2))
+    assert set(frames["frame"]) == set(range(2 * LATER, N_FRAMES, 2))  # B is a person from its third frame on
     assert (frames["time_s"] == frames["frame"] / FPS).all()
     tracks = pd.read_csv(tmp_path / "frames_tracks.csv")
     assert len(tracks) == 2 and tracks["track"].tolist() == sorted(frames["track"].unique())
@@ -209,7 +214,8 @@ def test_predict_a_clip_writes_frame_rows_track_rows_and_an_annotated_video(clip
     rc = main(["predict", str(clip), "--out", str(tmp_path / "f.json"), "--tracks", str(tmp_path / "t.json"),
                "--every", "5", "--min-face", "40", "-q"])
     assert rc == 0
-    assert {r["frame"] for r in pd.read_json(tmp_path / "f.json").to_dict("records")} == set(range(0, N_FRAMES, 5))
+    assert {r["frame"] for r in pd.read_json(tmp_path / "f.json").to_dict("records")} == \
+        set(range(5 * LATER, N_FRAMES, 5))
     assert len(pd.read_json(tmp_path / "t.json")) == 2
 
 
@@ -232,11 +238,11 @@ def test_damaged_and_unreadable_clips(clip: Path, tmp_path: Path, caplog: pytest
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("not a video\n")
     mp4 = tmp_path / "clip.mp4"
-    with VideoWriter(mp4, FPS, SIZE) as writer:
+    with VideoWriter(mp4, FPS, SIZE, faststart=False) as writer:
         for frame in render(walkers(), 5, SIZE):
             writer.write(frame)
     cut = tmp_path / "cut.mp4"
-    cut.write_bytes(mp4.read_bytes()[: mp4.stat().st_size // 2])  # mp4v writes its index last: cut off
+    cut.write_bytes(mp4.read_bytes()[: mp4.stat().st_size // 2])  # the index comes last: cut off
     for bad in (not_video, cut, tmp_path / "missing.mp4"):
         caplog.clear()
         assert main(["predict", str(bad), "--out", str(tmp_path / "x.csv"), "-q"]) == 2, bad
@@ -250,7 +256,8 @@ def test_video_user_errors_exit_2(clip: Path, tmp_path: Path, caplog: pytest.Log
     cases = [(video, ["--every", "0"], "--every must be 1 or more"),
              ([*video, str(ASTRONAUT)], [], "give one video alone"),
              (video, ["--aligned"], "--aligned is for face crops"),
-             (video, ["--annotate", str(tmp_path / "a.gif")], "can write .avi, .m4v, .mov, .mp4 videos, not .gif"),
+             (video, ["--annotate", str(tmp_path / "a.gif")],
+              "can write .avi, .m4v, .mov, .mp4, .webm videos, not .gif"),
              (video, ["--tracks", str(tmp_path / "t.txt")], "rows are written to .csv or .json")]
     for inputs, options, message in cases:
         caplog.clear()
@@ -278,7 +285,7 @@ def test_ctrl_c_keeps_the_rows_written_and_finishes_the_files(tmp_path: Path) ->
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     rows = pd.read_csv(out)
-    assert len(rows) >= 3 and rows["frame"].tolist() == list(range(len(rows)))
+    assert len(rows) >= 3 and rows["frame"].tolist() == list(range(LATER, LATER + len(rows)))
     tracks = pd.read_csv(tmp_path / "frames_tracks.csv")
     assert len(tracks) == 1 and tracks["frames"].iloc[0] >= len(rows)
     with VideoReader(annotated) as reader:  # closed properly: readable, with the frames done (the one being

@@ -115,17 +115,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     hosts = allowed_hosts(args.allowed_hosts, args.host)
     sock = listen(args.host, args.port)  # a taken port or a bad address is said now, before the model loads
     try:
-        path = resolve_model_path(args.model)
-        predictor = Predictor.from_checkpoint(path, device=args.device, runtime=args.runtime)
+        predictor = Predictor.from_checkpoint(resolve_model_path(args.model), device=args.device,
+                                              runtime=args.runtime)
+        path = predictor.source  # the file run: the bundled model's ONNX export, not the checkpoint beside it
         app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout_s=args.timeout,
                          max_queue=args.max_queue, workers=args.workers, model_name=path.name,
                          max_faces=args.max_faces, allowed_hosts=hosts, docs=args.docs,
                          max_batch=args.max_batch, batch_window_s=args.batch_window_ms / 1000,
                          max_live=args.max_live, live_idle_s=args.live_idle_timeout)
         port = sock.getsockname()[1]
-        log.info("model %s (%s); http://%s:%d/ (Host names answered: %s; %d live connections at most, %d open "
-                 "files)", path, predictor.model.config.backbone, args.host, port, ", ".join(hosts) if hosts else "any",
-                 args.max_live, open_files)
+        log.info("model %s (%s, on %s); http://%s:%d/ (Host names answered: %s; %d live connections at most, %d "
+                 "open files)", path, predictor.model.config.backbone, predictor.device, args.host, port,
+                 ", ".join(hosts) if hosts else "any", args.max_live, open_files)
         started = serve(app, sock, args.header_timeout, args.quiet)
     finally:
         sock.close()

@@ -27,6 +27,15 @@ COMMANDS = {
 }
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``"1 file"``, ``"2 files"``; ``words``: the plural where it is not ``word + "s"``.
+
+    >>> plural(1, "problem"), plural(0, "problem"), plural(2, "person", "people")
+    ('1 problem', '0 problems', '2 people')
+    """
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (argparse prints the whole usage block first)."""
 
@@ -149,7 +158,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 def _add_model_options(p: argparse.ArgumentParser, device: str) -> None:
     """The options of every command that runs a trained model."""
     p.add_argument("--model", help="checkpoint or exported .onnx (default: the bundled model)")
-    p.add_argument("--device", default=device, help=f"auto, cpu, cuda, ... (default {device})")
+    p.add_argument("--device", default=device,
+                   help=f"cpu, cuda, cuda:N or auto: onnxruntime's CUDA provider (pip install 'agegender[gpu]') or "
+                   f"the CPU; torch devices with --runtime torch (default {device})")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the mirrored image (default: as the checkpoint was calibrated)")
     p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
@@ -242,17 +253,22 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help=COMMANDS["predict"],
                        description="Detect faces (MTCNN), align each to UTKFace's framing and predict; with "
                        "--aligned, treat each image as a ready face crop. Inputs are files or folders (searched "
-                       "recursively). Writes CSV or JSON by the extension of --out: a row per face, and a row "
-                       "with status no_face or error where there is none or the file cannot be read. A video "
-                       "(one, alone: .mp4, .mov, .mkv, .webm, .avi, ...) gives a row per face per analysed frame "
-                       "with its track, and a row per track (--tracks) combining that person's frames.")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
+                       "recursively), or - for one image on standard input. Prints a table of the faces, or "
+                       "writes CSV or JSON by the extension of --out: a row per face, and a row with status "
+                       "no_face or error where there is none or the file cannot be read. A video (one, alone: "
+                       ".mp4, .mov, .mkv, .webm, .avi, ...) gives a row per face per analysed frame with its "
+                       "person (track), and a row per person (--tracks) combining that person's frames; without "
+                       "--out, a table of the people.")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders, a video, or - (standard input)")
     p.add_argument("--labels", help="predict the files listed in this CSV (column file, relative to --data)")
     p.add_argument("--data", help="folder the --labels file names are relative to")
-    p.add_argument("--out", required=True, help="PREDS.csv or PREDS.json")
+    p.add_argument("--out", help="PREDS.csv or PREDS.json, or - for CSV on standard output (default: a table on "
+                   "standard output); --engine ray: a folder or s3:// prefix")
+    p.add_argument("--json", action="store_true", help="with no --out or --out -: JSON lines, one object per row")
     p.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
-    p.add_argument("--annotate", metavar="DIR", help="also write each photo with boxes and labels drawn into DIR; "
-                   "for a video, the annotated copy to write (.mp4 or .avi)")
+    p.add_argument("--annotate", metavar="DIR", help="also write each photo, or the video, with boxes and labels "
+                   "drawn into the folder DIR (a video as VIDEO_annotated.mp4, H.264, which browsers play); for a "
+                   "video, a file name (.mp4, .webm or .avi) instead")
     p.add_argument("--every", type=int, default=1, metavar="K",
                    help="video: detect faces in every K-th frame (default 1, every frame)")
     p.add_argument("--tracks", metavar="PATH", help="video: the per-track rows (.csv or .json; default: beside "
@@ -262,7 +278,25 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--det-threshold", type=_number(float, 0, 1), default=0.7,
                    help="minimum detector score of the final stage (default 0.7)")
     _add_max_faces(p, "a photo with more gets a faces_dropped row")
-    _add_run_options(p, 16, "images per network call", "threads that decode, detect and predict side by side", "cpu")
+    _add_run_options(p, 16, "images per network call", "threads that decode, detect and predict side by side; "
+                     "with --engine ray, actors of one CPU each (0: one per CPU of the cluster)", "cpu")
+    _add_engine_options(p)
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    """``predict --engine ray``: many photos over a Ray cluster into a Parquet dataset (docs/batch.md)."""
+    g = p.add_argument_group("--engine ray (pip install 'agegender[ray]'; docs/batch.md)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (default): this process; ray: Ray Data actors write --out as a Parquet dataset (a "
+                   "folder or s3://bucket/prefix), resumable: a re-run skips the inputs already there. INPUTs may "
+                   "also be .txt lists of paths or URIs, and s3:// prefixes")
+    g.add_argument("--address", default=None, help="Ray cluster to run on (default: RAY_ADDRESS, else a local "
+                   "Ray started for the run)")
+    g.add_argument("--s3-endpoint", default=None, metavar="URL", help="S3-compatible endpoint, e.g. "
+                   "http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL, else AWS); credentials and region from the "
+                   "usual AWS variables")
+    g.add_argument("--block-size", type=_number(int, 1), default=256,
+                   help="inputs per Parquet part file, the most work a dead worker costs (default 256)")
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
@@ -312,10 +346,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allowed-hosts", default="auto",
                    help="comma-separated host names the Host header may carry, * for any; auto (default): "
                    "localhost, 127.0.0.1 and ::1 when --host is a loopback address, else any")
-    p.add_argument("--docs", action="store_true",
-                   help="serve /docs and /redoc (Swagger UI and ReDoc, which load their scripts from a CDN); "
-                   "/openapi.json is always served")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve the API's documentation at /docs (Swagger UI, served by this service; nothing from "
+                   "elsewhere); /openapi.json is always served (default on)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto: where the model and the "
+                   "face detector run (onnxruntime's CUDA provider: pip install 'agegender[gpu]')")
     _add_common(p)
     _env_defaults(p, "AGEGENDER_SERVE_")
 
@@ -344,12 +379,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; only the subcommand named in ``argv`` gets its options (all do when ``argv`` is None), so
     that ``agegender --help`` imports nothing and ``agegender predict`` never imports torch (the training
     options come from the training config)."""
+    from agegender import __version__
+
     parser = _Parser(
         prog="agegender",
         description="Estimate age (years) and gender from face images: train, evaluate and predict.",
         epilog="Exit status: 0 ok, 1 some inputs skipped (rest done), 2 user error, 3 internal error (a bug), "
         "130 interrupted, 143 terminated (SIGTERM); outputs are finished with the work done.",
     )
+    parser.add_argument("--version", action="version", version=f"agegender {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     command = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     builders = {"train": _add_train_parser, "evaluate": _add_evaluate_parser, "predict": _add_predict_parser,

@@ -1,17 +1,26 @@
 """``agegender predict``: photos, crops or one video in, rows out. A thin layer over
-:func:`agegender.inference.batch.predict_files` and :func:`agegender.video.predict.predict_video`."""
+:func:`agegender.inference.batch.predict_files` and :func:`agegender.video.predict.predict_video`.
+
+Rows go to ``--out`` (a .csv or .json file), to standard output with ``--out -`` (CSV, or JSON lines with
+``--json``), or, with no ``--out``, to the terminal as a table (JSON lines with ``--json``). ``-`` as the input
+reads one image from standard input.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
+import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
-from agegender.cli.options import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, needs
+from agegender.cli.options import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, needs, plural
 from agegender.io.outputs import check_folder, check_writable
 
 log = logging.getLogger("agegender")
+
+STDIN = "-"
+STDIN_NAME = "<stdin>"  # the file column of an image read from standard input
 
 
 def _predict_files(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -31,53 +40,116 @@ def _predict_files(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str
     return files, missing
 
 
+def _out_path(args: argparse.Namespace) -> Path | None:
+    """``--out`` checked now, not after every photo is done; None when the rows go to standard output."""
+    if args.out is None or args.out == STDIN:
+        return None
+    out_path = Path(args.out)
+    if out_path.suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"--out must end in .csv or .json (or be - for standard output), got {out_path.name}")
+    return check_writable(out_path, "--out")
+
+
+def _stdout_sink(args: argparse.Namespace, columns: list[str], table: list, file_width: int = 20):
+    """Rows to standard output: CSV (--out -) or JSON lines (--json), else a table for the terminal."""
+    from agegender.io.sinks import StreamSink
+
+    if args.out == STDIN or args.json:
+        return StreamSink(sys.stdout, columns, json_lines=args.json)
+    from agegender.cli.table import TableSink
+
+    return TableSink(sys.stdout, table, file_width)
+
+
+def _sink(args: argparse.Namespace, out_path: Path | None, columns: list[str], table: list,
+          file_width: int = 20) -> AbstractContextManager:
+    """Where the rows go: the --out file (put in place however the run ends), else standard output."""
+    from agegender.io.sinks import row_sink
+
+    if out_path is not None:
+        return row_sink(out_path, columns)
+    return nullcontext(_stdout_sink(args, columns, table, file_width))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from agegender.inference.predictor import Predictor
     from agegender.model.checkpoint import resolve_model_path
 
-    out_path = Path(args.out)
-    if out_path.suffix.lower() not in (".csv", ".json"):
-        raise ValueError(f"--out must end in .csv or .json, got {out_path.name}")
-    check_writable(out_path, "--out")  # now, not after every photo is done
+    if args.engine == "ray":
+        from agegender.cli.cluster import cmd_predict_ray
+
+        return cmd_predict_ray(args)
+    out_path = _out_path(args)
     video = _video_input(args)
     annotate_dir = check_folder(args.annotate, "--annotate") if args.annotate and video is None else None
-    detector = None
+    # The device is checked first (an unknown or missing one is a one-line error, exit 2), then the model loads.
+    predictor = Predictor.from_checkpoint(resolve_model_path(args.model), device=args.device, flip_tta=args.tta,
+                                          runtime=args.runtime, workers=args.workers or None)
     if not args.aligned:
         from agegender.faces.detect import FaceDetector
 
-        detector = FaceDetector(min_face_size=args.min_face, thresholds=(0.6, 0.7, args.det_threshold))
-    predictor = Predictor.from_checkpoint(resolve_model_path(args.model), device=args.device, flip_tta=args.tta,
-                                          detector=detector, runtime=args.runtime, workers=args.workers or None)
+        predictor.detector = FaceDetector(min_face_size=args.min_face, thresholds=(0.6, 0.7, args.det_threshold),
+                                          providers=predictor.providers)
     if video is not None:
         return _predict_video(predictor, video, args)
     return _predict_photos(predictor, args, out_path, annotate_dir)
 
 
-def _predict_photos(predictor, args: argparse.Namespace, out_path: Path, annotate_dir: Path | None) -> int:
+def _progress(args: argparse.Namespace, out_path: Path | None) -> bool:
+    # Rows on the terminal show the progress themselves; a bar on the same terminal would tear them.
+    return not args.quiet and (out_path is not None or not sys.stdout.isatty())
+
+
+def _predict_photos(predictor, args: argparse.Namespace, out_path: Path | None, annotate_dir: Path | None) -> int:
+    from agegender.cli.table import photo_table
     from agegender.inference.annotate import AnnotatedCopies
     from agegender.inference.batch import PHOTO_COLUMNS, RunSummary, predict_files, problem_row
     from agegender.io.outputs import check_not_inputs
-    from agegender.io.sinks import RowSink
 
-    files, missing = _predict_files(args)
+    stdin = STDIN in args.inputs
+    if stdin and (len(args.inputs) != 1 or args.labels):
+        raise ValueError("- (one image on standard input) must be the only input")
+    files, missing = ([], []) if stdin else _predict_files(args)
     check_not_inputs({"--out": out_path}, files)
-    summary = RunSummary(len(files), problems=list(missing))
+    summary = RunSummary(1 if stdin else len(files), problems=list(missing))
     annotate = AnnotatedCopies(annotate_dir, files) if annotate_dir else None
-    sink = RowSink(out_path, PHOTO_COLUMNS)
+    width = max((len(str(f)) for f in [*files, *(m for m, _ in missing), STDIN_NAME]), default=20)
+    sink = None
     try:
         # Whatever stops the run (Ctrl-C, SIGTERM), the rows already made are in place when the sink closes.
-        with contextlib.closing(sink):
+        with _sink(args, out_path, PHOTO_COLUMNS, photo_table(predictor.interval_coverage), width) as sink:
             sink.write(problem_row(f, why) for f, why in missing)
-            predict_files(predictor, files, sink, aligned=args.aligned, batch_size=args.batch_size,
-                          max_faces=args.max_faces, annotate=annotate, progress=not args.quiet, summary=summary)
+            if stdin:
+                _predict_stdin(predictor, args, sink, annotate, summary)
+            else:
+                predict_files(predictor, files, sink, aligned=args.aligned, batch_size=args.batch_size,
+                              max_faces=args.max_faces, annotate=annotate, progress=_progress(args, out_path),
+                              summary=summary)
     finally:
-        if summary.done < len(files) and sink.failed is None:  # a failed write said where its rows are
-            log.warning("stopped after %d of %d files; their rows are in %s", summary.done, len(files), sink.where)
+        # A failed write said in its own line where its rows are.
+        if summary.done < summary.files and getattr(sink, "failed", None) is None:
+            log.warning("stopped after %d of %s; their rows are in %s", summary.done,
+                        plural(summary.files, "file"), getattr(sink, "where", None) or out_path or "the output above")
     for f, why in summary.problems:
         log.warning("%s", why if why.startswith(f) else f"{f}: {why}")
-    log.info("%d files: %d faces, %d without a face, %d problems -> %s", len(files), summary.faces, summary.no_face,
-             len(summary.problems), out_path)
+    log.info("%s: %s, %d without a face, %s%s", plural(summary.files, "file"), plural(summary.faces, "face"),
+             summary.no_face, plural(len(summary.problems), "problem"), f" -> {out_path}" if out_path else "")
     return EXIT_PARTIAL if summary.problems else EXIT_OK
+
+
+def _predict_stdin(predictor, args: argparse.Namespace, sink, annotate, summary) -> None:
+    """One image read from standard input, its rows written to ``sink`` and counted in ``summary``."""
+    from agegender.inference.batch import NO_FACE, OK, predict_items
+
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ValueError("- reads an image from standard input; pipe one in (agegender predict - < photo.jpg)")
+    result = predict_items(predictor, [(STDIN_NAME, sys.stdin.buffer.read())], aligned=args.aligned,
+                           batch_size=args.batch_size, max_faces=args.max_faces, annotate=annotate)
+    sink.write(result.rows)
+    summary.done = 1
+    summary.faces += sum(r["status"] == OK for r in result.rows)
+    summary.no_face += sum(r["status"] == NO_FACE for r in result.rows)
+    summary.problems += result.problems
 
 
 def _video_input(args: argparse.Namespace) -> Path | None:
@@ -95,20 +167,40 @@ def _video_input(args: argparse.Namespace) -> Path | None:
     return Path(args.inputs[0])
 
 
-def _predict_video(predictor, video: Path, args: argparse.Namespace) -> int:
-    try:
-        from agegender.video.predict import predict_video
+def _annotated_video(args: argparse.Namespace, video: Path) -> Path | None:
+    """The annotated copy to write: VIDEO_annotated.mp4 in the folder --annotate names (as photos' copies go into
+    a folder), or --annotate itself when it is a file name (one with a suffix, not an existing folder)."""
+    if not args.annotate:
+        return None
+    target = Path(args.annotate)
+    if target.suffix and not target.is_dir():
+        return target  # its suffix picks the codec; predict_video refuses one it cannot write
+    return check_folder(target, "--annotate") / f"{video.stem}_annotated.mp4"
 
-        out = Path(args.out)
-        tracks = Path(args.tracks) if args.tracks else out.with_name(f"{out.stem}_tracks{out.suffix}")
-        run = predict_video(predictor, video, out, tracks, args.annotate, args.every, progress=not args.quiet,
+
+def _predict_video(predictor, video: Path, args: argparse.Namespace) -> int:
+    from agegender.cli.table import track_table
+
+    out = _out_path(args)
+    # Frame rows to --out (or standard output with --out -); track rows to --tracks, else beside --out, else (no
+    # --out) to the terminal: one line per person.
+    tracks = Path(args.tracks) if args.tracks else out.with_name(f"{out.stem}_tracks{out.suffix}") if out else None
+    annotate = _annotated_video(args, video)
+    try:
+        from agegender.video.predict import FRAME_COLUMNS, TRACK_COLUMNS, predict_video
+
+        frames = out or (_stdout_sink(args, FRAME_COLUMNS, []) if args.out == STDIN else None)
+        people = tracks or (None if args.out == STDIN else _stdout_sink(args, TRACK_COLUMNS,
+                                                                          track_table(predictor.interval_coverage)))
+        run = predict_video(predictor, video, frames, people, annotate, args.every, progress=_progress(args, out),
                             max_faces=args.max_faces)
     except ImportError as e:
         log.error("%s", e)
         return EXIT_USAGE
-    log.info("%s: %d frames (%d analysed) in %.1f s, %.1f frames/s: %d face rows -> %s, %d tracks -> %s%s", video,
-             run.frames, run.analysed, run.seconds, run.frames / max(run.seconds, 1e-9), run.faces, out, run.tracks,
-             tracks, f", annotated -> {args.annotate}" if args.annotate else "")
+    log.info("%s: %d frames (%d analysed) in %.1f s, %.1f frames/s: %s%s, %s%s%s", video, run.frames, run.analysed,
+             run.seconds, run.frames / max(run.seconds, 1e-9), plural(run.faces, "face row"),
+             f" -> {out}" if out else "", plural(run.tracks, "person", "people"), f" -> {tracks}" if tracks else "",
+             f", annotated -> {annotate}" if annotate else "")
     if run.error:
         log.warning("%s (the rows of the frames before it are written)", run.error)
     if run.crowded:

@@ -1,18 +1,67 @@
 """onnxruntime sessions, torch-free: one intra-op thread by default, no spinning, no memory patterns, and one
 memory arena shared by every session of the process, handed back when the work is done (:func:`release_memory`).
 The age model (:class:`agegender.model.onnx.OnnxModel`) and the face detector's three networks
-(:class:`agegender.faces.detect.OnnxNetworks`) are made here.
+(:class:`agegender.faces.detect.OnnxNetworks`) are made here, on the execution providers a ``--device`` names
+(:func:`providers_for`).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from agegender.compute.allocator import release_free_memory
 from agegender.errors import CheckpointError
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+DEVICES = "cpu, cuda, cuda:N or auto"
+GPU_HINT = ("pip install 'agegender[gpu]' (onnxruntime-gpu, in place of onnxruntime) on a machine with an NVIDIA GPU, "
+            "CUDA 12 and cuDNN 9")
+
+
+def available_providers() -> list[str]:
+    """onnxruntime's execution providers in this installation (empty without onnxruntime)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return list(ort.get_available_providers())
+
+
+def providers_for(device: str, available: Sequence[str] | None = None) -> list:
+    """onnxruntime's providers for ``device`` (``available``: the installation's, by default asked of onnxruntime).
+
+    ``cpu``: the CPU. ``cuda`` or ``cuda:N``: GPU N (0) through the CUDA provider, the CPU for what it cannot run;
+    ``ValueError`` where this onnxruntime has no CUDA provider. ``auto``: CUDA where there is a provider for it,
+    else the CPU. Anything else is a ``ValueError`` (a user's error: exit 2). A device asked for by name is a
+    ``(name, options)`` pair, and :func:`session` refuses to fall back from it; ``auto``'s is a plain name.
+
+    >>> providers_for("cpu", [CUDA, CPU]), providers_for("auto", [CPU]), providers_for("auto", [CUDA, CPU])
+    (['CPUExecutionProvider'], ['CPUExecutionProvider'], ['CUDAExecutionProvider', 'CPUExecutionProvider'])
+    >>> providers_for("CUDA:1", [CUDA, CPU])
+    [('CUDAExecutionProvider', {'device_id': 1}), 'CPUExecutionProvider']
+    >>> providers_for("banana", [CPU])
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown device 'banana': use cpu, cuda, cuda:N or auto
+    """
+    name = str(device).strip().lower()
+    cuda = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if name not in ("cpu", "auto") and cuda is None:
+        raise ValueError(f"unknown device {device!r}: use {DEVICES}")
+    available = available_providers() if available is None else list(available)
+    if name == "cpu":
+        return [CPU]
+    if name == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    if CUDA not in available:
+        raise ValueError(f"device {device!r}: this onnxruntime has no CUDA provider (it has "
+                         f"{', '.join(available) or 'none'}); {GPU_HINT}; or use --device cpu")
+    return [(CUDA, {"device_id": int(cuda[1] or 0)}), CPU]
 
 _ARENA_LOCK = threading.Lock()
 _shared_arena: bool | None = None  # None: not tried yet in this process
@@ -72,9 +121,11 @@ def release_memory() -> bool:
     return release_free_memory() and sess is not None
 
 
-def session(path: str | Path, threads: int | None = 1, providers: list[str] | None = None):
+def session(path: str | Path, threads: int | None = 1, providers: list | None = None):
     """An ``onnxruntime.InferenceSession`` for ``path`` with ``threads`` intra-op threads (``None``: one per
-    core). Raises :class:`CheckpointError` for a file onnxruntime cannot read."""
+    core) on ``providers`` (:func:`providers_for`; default the CPU). Raises :class:`CheckpointError` for a file
+    onnxruntime cannot read, and ``ValueError`` when a device asked for by name could not be used (onnxruntime
+    would fall back to the CPU without a word)."""
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -101,11 +152,17 @@ def session(path: str | Path, threads: int | None = 1, providers: list[str] | No
     # From its bytes, not its path: onnxruntime then resolves no external-data file named inside the model (a 4 GB
     # sparse file beside an .onnx took over 6 GB at load), so a model is one self-contained file, as exports are.
     try:
-        return ort.InferenceSession(path.read_bytes(), options, providers=providers or ["CPUExecutionProvider"])
+        made = ort.InferenceSession(path.read_bytes(), options, providers=providers or [CPU])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable files
         external = "external" in str(e).lower() or "model_path must not be empty" in str(e)
         raise CheckpointError(f"{path} is not a readable ONNX model: " + (
             "its weights are in separate files (external data), which are not loaded: export it as one file"
             if external else str(e))) from None
+    named = [p[0] for p in providers or [] if isinstance(p, tuple)]
+    missing = [p for p in named if p not in made.get_providers()]
+    if missing:
+        raise ValueError(f"{missing[0]} could not start for {path.name} (onnxruntime fell back to "
+                         f"{', '.join(made.get_providers())}; its log above says why); {GPU_HINT}; or use --device cpu")
+    return made
 
 

@@ -15,8 +15,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
-
+from agegender.data.frames import pd
 from agegender.data.records import MAX_AGE, Record, ScanResult
 from agegender.errors import DataError
 

@@ -158,8 +158,7 @@ def stratified_split(
 
 
 def write_split(path: str | Path, split: dict[str, str]) -> None:
-    import pandas as pd
-
+    from agegender.data.frames import pd
     from agegender.io.outputs import atomic_write
 
     text = pd.DataFrame(sorted(split.items()), columns=["file", "subset"]).to_csv(index=False)
@@ -167,7 +166,7 @@ def write_split(path: str | Path, split: dict[str, str]) -> None:
 
 
 def read_split(path: str | Path) -> dict[str, str]:
-    import pandas as pd
+    from agegender.data.frames import pd
 
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)

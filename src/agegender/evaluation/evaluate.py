@@ -41,7 +41,7 @@ def predictions_frame(out: dict[str, np.ndarray], records: Sequence[Record],
     >>> predictions_frame(out, recs, 1.5)[["file", "age_true", "age_pred", "age_low", "age_high"]].values.tolist()
     [['b.jpg', nan, 20.0, 17.0, 23.0], ['a.jpg', 30.0, 33.0, 31.5, 34.5]]
     """
-    import pandas as pd
+    from agegender.data.frames import pd
 
     recs = [records[i] for i in out["index"]]
     df = pd.DataFrame({

@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agegender.faces.boxes import box_crops, integral_image, nms, pyramid_input, regress_boxes, square_boxes
+from agegender.faces.boxes import (
+    box_crops,
+    integral_image,
+    nms,
+    pyramid_input,
+    regress_boxes,
+    square_boxes,
+    suppress_ghosts,
+)
 from agegender.io.images import as_rgb_array
 
 WEIGHTS_DIR = Path(__file__).parents[1] / "weights" / "mtcnn"
@@ -92,10 +100,11 @@ class OnnxNetworks:
     """P-, R- and O-Net as onnxruntime sessions (``weights/mtcnn/*.onnx``), one intra-op thread each: the
     cascade runs many small calls, which threads would only slow down."""
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 1, providers: list | None = None) -> None:
         from agegender.compute.runtime import register_probe, session
 
-        self.sessions = {name: session(WEIGHTS_DIR / f"{name}.onnx", threads) for name in ("pnet", "rnet", "onet")}
+        self.sessions = {name: session(WEIGHTS_DIR / f"{name}.onnx", threads, providers)
+                         for name in ("pnet", "rnet", "onet")}
         # P-Net on one 12 x 12 window, the cheapest call there is, shrinks the shared arena when work is done.
         register_probe(self.sessions["pnet"], {"image": np.zeros((1, 3, 12, 12), np.float32)})
 
@@ -121,7 +130,9 @@ class FaceDetector:
     pyramid levels; ``max_side``: images with a longer side are detected on a downscaled copy (much faster on
     large photos; faces smaller than ``min_face_size`` after downscaling are missed), None to disable.
     ``runtime``: ``"onnx"`` (onnxruntime, no torch needed) or ``"torch"`` (the same cascade on the torch
-    networks, on ``device``).
+    networks, on ``device``). ``drop_ghosts``: drop the final boxes that contain or sit below a much smaller or
+    larger better-scoring face (:func:`agegender.faces.boxes.suppress_ghosts`). ``providers``: onnxruntime's
+    execution providers (:func:`agegender.compute.runtime.providers_for`; default the CPU).
     """
 
     def __init__(
@@ -132,6 +143,8 @@ class FaceDetector:
         device: object = "cpu",
         max_side: int | None = 1280,
         runtime: str = "onnx",
+        drop_ghosts: bool = True,
+        providers: list | None = None,
     ) -> None:
         if not isinstance(min_face_size, int | float) or min_face_size <= 0:
             raise ValueError(f"min_face_size must be a positive number of pixels, got {min_face_size!r}")
@@ -152,12 +165,13 @@ class FaceDetector:
         self.factor = factor
         self.max_side = max_side
         self.runtime = runtime
+        self.drop_ghosts = drop_ghosts
         if runtime == "torch":
             from agegender.faces.mtcnn_torch import TorchNetworks
 
             self.networks = TorchNetworks(device)
         else:
-            self.networks = OnnxNetworks()
+            self.networks = OnnxNetworks(providers=providers)
 
     def detect(self, image: Image.Image | np.ndarray, check: Callable[[], None] | None = None,
                max_faces: int | None = None) -> list[Face]:
@@ -207,7 +221,11 @@ class FaceDetector:
         points = np.stack([xs, ys], axis=2)
         boxes = regress_boxes(boxes, offsets)
         keep = nms(boxes[:, :4], boxes[:, 4], 0.7, overlap="min")
-        return boxes[keep], points[keep]
+        boxes, points = boxes[keep], points[keep]
+        if self.drop_ghosts:
+            keep = suppress_ghosts(boxes)
+            boxes, points = boxes[keep], points[keep]
+        return boxes, points
 
     def _refine(self, table: np.ndarray, boxes: np.ndarray, net: str, size: int, threshold: float,
                 check: Callable[[], None], max_faces: int | None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:

@@ -38,7 +38,10 @@ def draw_faces(image: Image.Image, faces: Sequence[FacePrediction], labels: Sequ
         for x, y in face.landmarks:
             draw.ellipse((x - line, y - line, x + line, y + line), fill=(255, 220, 0))
         text = label(face) if labels is None else labels[i]
-        tx, ty = x1, max(0, y1 - font.size - 2 * line)
+        # Above the box, kept inside the picture: shifted left at the right edge, inside the box at the top.
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tx = max(line, min(x1, out.width - (right - left) - line))
+        ty = max(line, y1 - (bottom - top) - 3 * line)
         box = draw.textbbox((tx, ty), text, font=font)
         draw.rectangle((box[0] - line, box[1] - line, box[2] + line, box[3] + line), fill=color)
         draw.text((tx, ty), text, fill=(255, 255, 255), font=font)
@@ -63,9 +66,11 @@ class AnnotatedCopies:
 
     def write(self, image: Image.Image, faces: Sequence[FacePrediction], file: str) -> str | None:
         """Write ``image`` with ``faces`` drawn; returns None, or why the copy could not be written."""
-        target = self.folder / unique_name(Path(file).stem, "_annotated.jpg", self._taken)
+        # "<stdin>" (an image read from standard input) is written as stdin_annotated.jpg.
+        stem = Path(file).stem.strip("<>") or "image"
+        target = self.folder / unique_name(stem, "_annotated.jpg", self._taken)
         while self._inputs and file_identity(target) in self._inputs:
-            target = self.folder / unique_name(Path(file).stem, "_annotated.jpg", self._taken)
+            target = self.folder / unique_name(stem, "_annotated.jpg", self._taken)
         try:
             drawn = draw_faces(image, faces)
             atomic_write(target, lambda f: drawn.save(f, "JPEG", quality=92))

@@ -78,12 +78,21 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[
     return files, missing
 
 
-def _decode(source: str | Path | bytes) -> object:
-    """The decoded image, or the :class:`ImageReadError` that says why it cannot be."""
+def _decode(item: tuple[str, str | Path | bytes]) -> object:
+    """The decoded image, or the :class:`ImageReadError` that says why it cannot be. Its reason names the input
+    as its rows do, whether the source is a path (which may be spelled otherwise, e.g. absolute on a cluster's
+    worker) or bytes read from storage."""
+    name, source = item
     try:
-        return open_image(source)
+        return open_image(source, name=name)
     except ImageReadError as e:
         return e
+
+
+def group_size(predictor: Predictor, batch_size: int = BATCH_SIZE, aligned: bool = False) -> int:
+    """Inputs decoded and predicted together: enough to keep every worker busy. Photos go in smaller groups than
+    crops (a decoded photo is large). Every driver groups by this, so batches (and rows) are made alike."""
+    return batch_size * predictor.workers * (4 if aligned else 1)
 
 
 def predict_items(predictor: Predictor, items: Sequence[tuple[str, str | Path | bytes]], *, aligned: bool = False,
@@ -95,8 +104,7 @@ def predict_items(predictor: Predictor, items: Sequence[tuple[str, str | Path | 
     ``faces_dropped`` row). An input the model cannot take costs only its own rows: the batch is then retried one
     input at a time."""
     result, names, images = BatchResult(), [], []
-    for (name, _), decoded in zip(items, parallel_map(_decode, [s for _, s in items], predictor.workers),
-                                  strict=True):
+    for (name, _), decoded in zip(items, parallel_map(_decode, list(items), predictor.workers), strict=True):
         if isinstance(decoded, ImageReadError):
             result.problem(name, str(decoded))
         else:
@@ -129,7 +137,8 @@ def _predict_images(predictor: Predictor, names: list[str], images: list, aligne
     if not images:
         return []
     if aligned:
-        return [face_row(n, p) for n, p in zip(names, predictor.predict(images, batch_size), strict=True)]
+        crops = predictor.predict(images, batch_size, warn_uncropped=False)  # --aligned: crops, whatever their size
+        return [face_row(n, p) for n, p in zip(names, crops, strict=True)]
     rows = []
     photos = predictor.predict_photos(images, batch_size, max_faces=max_faces)
     for name, image, photo in zip(names, images, photos, strict=True):
@@ -167,8 +176,7 @@ def predict_files(predictor: Predictor, files: Sequence[Path], sink: RowSink, *,
     from tqdm.auto import tqdm
 
     summary = summary or RunSummary(len(files))
-    # Photos in smaller groups than crops: a decoded photo is large.
-    group = batch_size * predictor.workers * (4 if aligned else 1)
+    group = group_size(predictor, batch_size, aligned)
     with tqdm(total=len(files), desc="predict", unit="img", disable=None if progress else True,
               dynamic_ncols=True) as bar:
         for start in range(0, len(files), group):

@@ -61,6 +61,31 @@ class FacePrediction:
     landmarks: tuple[tuple[float, float], ...]  # eyes, nose, mouth corners (image left, then right)
     prediction: Prediction
 
+    # The estimate's fields on the face itself, as InsightFace's ``face.age`` (``face.prediction.age`` too).
+    @property
+    def age(self) -> float:
+        return self.prediction.age
+
+    @property
+    def age_low(self) -> float | None:
+        return self.prediction.age_low
+
+    @property
+    def age_high(self) -> float | None:
+        return self.prediction.age_high
+
+    @property
+    def age_sigma(self) -> float | None:
+        return self.prediction.age_sigma
+
+    @property
+    def gender(self) -> str:
+        return self.prediction.gender
+
+    @property
+    def p_female(self) -> float:
+        return self.prediction.p_female
+
     def to_dict(self) -> dict:
         """``{"face", "box": [x1, y1, x2, y2], "det_score", "landmarks": [[x, y] x 5], **prediction}``, rounded as
         outputs are."""
@@ -117,8 +142,8 @@ class TrackedFrame:
     """What :func:`agegender.video.tracking.track` yields for each frame. ``analysed``: faces were detected
     in this frame; on frames skipped by ``every`` it is False and ``faces`` are the last analysed frame's (boxes
     not moved). ``tracks``: the running estimate of every track so far, by track number. ``found``: faces the
-    detector found in this frame (None where it was not analysed); more than ``faces`` where a ``max_faces`` cap
-    kept the largest only."""
+    detector found in this frame (None where it was not analysed); ``dropped`` of them were left out by a
+    ``max_faces`` cap (the smallest)."""
 
     index: int
     time_s: float | None
@@ -126,12 +151,7 @@ class TrackedFrame:
     faces: list[TrackedFace]
     tracks: dict[int, TrackEstimate] = field(default_factory=dict)
     found: int | None = None
-
-    @property
-    def dropped(self) -> int:
-        """Faces found but left out by a ``max_faces`` cap (0 on a frame not analysed)."""
-        return 0 if self.found is None or not self.analysed else self.found - len(self.faces)
-
+    dropped: int = 0
 
 
 def age_interval(age: np.ndarray, sigma: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:

@@ -53,7 +53,9 @@ def _source(source: str | Path | bytes | bytearray | memoryview, name: str) -> t
     """A binary file object on ``source`` and its size in bytes; only regular files are opened."""
     if isinstance(source, bytes | bytearray | memoryview):
         if not len(source):
-            raise ImageReadError("empty input (0 bytes)", EMPTY)
+            # Bytes read from a named file (an object in storage) are reported as that file would be.
+            raise ImageReadError("empty input (0 bytes)" if name == "<bytes>" else f"{name}: empty file (0 bytes)",
+                                 EMPTY)
         return io.BytesIO(source), len(source)
     try:
         # O_NONBLOCK: a FIFO named like a photo must not hang the reader; only regular files get further.
@@ -174,14 +176,17 @@ def _decode(img: Image.Image, nbytes: int, name: str, max_pixels: int) -> Image.
         raise ImageReadError(f"{name}: cannot convert mode {upright.mode} to RGB: {describe(e)}", CORRUPT) from e
 
 
-def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
     """Decode ``source`` (a path or encoded bytes) into an RGB PIL image, upright as its EXIF says.
 
     Only :data:`ACCEPTED_FORMATS` are read, and the canvas size is checked before any pixel is decoded (see
     :func:`check_canvas`): explicit checks on every call, safe in any thread (no process-wide warning filters).
-    Raises :class:`ImageReadError` with a one-line reason for anything that is not a usable image.
+    Raises :class:`ImageReadError` with a one-line reason for anything that is not a usable image; the reason
+    starts with ``name`` (default: the path, or ``<bytes>``), so bytes read from storage can be named as their
+    file would be.
     """
-    name = "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else str(source)
+    if name is None:
+        name = "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else str(source)
     fp, nbytes = _source(source, name)
     with fp:
         img = _identify(fp, name, max_pixels)

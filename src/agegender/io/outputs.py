@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -181,16 +182,44 @@ def check_not_inputs(outputs: dict[str, str | Path | None], inputs: Iterable[str
                               "give another name")
 
 
+def plain_float(value: float) -> str:
+    """``value`` as Python writes it, but never in exponent notation (``6e-05`` -> ``0.00006``): every output
+    writes numbers for people to read.
+
+    >>> plain_float(6e-05), plain_float(0.5), plain_float(1e+20), plain_float(-1.5e-07)
+    ('0.00006', '0.5', '100000000000000000000', '-0.00000015')
+    """
+    text = repr(float(value))
+    if "e" not in text or not math.isfinite(value):
+        return text
+    return f"{value:.20f}".rstrip("0").rstrip(".") if abs(value) < 1 else f"{value:.0f}"
+
+
 def csv_cell(value: Any) -> Any:
     """``value``, with a leading apostrophe if it is text a spreadsheet would run as a formula; a float that Python
-    would write in exponent notation (``6e-05``) written out in plain digits instead.
+    would write in exponent notation (``6e-05``) written out in plain digits instead (:func:`plain_float`).
 
     >>> csv_cell("=HYPERLINK(1)"), csv_cell("photo.jpg"), csv_cell(-3.5), csv_cell(6e-05)
     ("'=HYPERLINK(1)", 'photo.jpg', -3.5, '0.00006')
     """
     if isinstance(value, float) and "e" in repr(value) and math.isfinite(value):
-        return f"{value:.20f}".rstrip("0").rstrip(".") if abs(value) < 1 else f"{value:.0f}"
+        return plain_float(value)
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+# A JSON string (skipped whole, so nothing inside one is touched) or a number in exponent notation.
+_JSON_STRING_OR_EXPONENT = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?[eE][-+]?\d+')
+
+
+def json_text(value: Any, **dumps: Any) -> str:
+    """``json.dumps(value, **dumps)`` with every number in plain digits (``0.00006``, not ``6e-05``), as the CSV
+    writes them: the same figures in every output.
+
+    >>> json_text({"p_female": 6e-05, "file": "x_1e-05.jpg", "age": 31.5})
+    '{"p_female": 0.00006, "file": "x_1e-05.jpg", "age": 31.5}'
+    """
+    text = json.dumps(value, **dumps)
+    return _JSON_STRING_OR_EXPONENT.sub(lambda m: m[0] if m[0][0] == '"' else plain_float(float(m[0])), text)
 
 
 def csv_row(row: dict) -> dict:
@@ -221,7 +250,7 @@ def write_rows(rows: list[dict], columns: list[str], path: str | Path) -> None:
 def write_json(value: Any, path: str | Path) -> None:
     """Write ``value`` to ``path`` atomically as indented JSON (non-UTF-8 names survive as ``\\udcXX``
     escapes, which ``json.loads`` turns back into the same name)."""
-    data = json.dumps(value, indent=2).encode()
+    data = json_text(value, indent=2).encode()
     atomic_write(path, lambda f: f.write(data))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import textwrap
 from collections.abc import Iterable, Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from agegender.errors import OutputError, one_line
-from agegender.io.outputs import NAME_MAX, csv_row, interrupts_held
+from agegender.io.outputs import NAME_MAX, csv_row, interrupts_held, json_text
 
 ROW_SUFFIXES = (".csv", ".json")
 
@@ -94,7 +93,7 @@ class RowSink:
         if not rows:
             return
         if self._json:
-            objects = (json.dumps({k: v for k, v in r.items() if v is not None}, indent=2) for r in rows)
+            objects = (json_text({k: v for k, v in r.items() if v is not None}, indent=2) for r in rows)
             text = ",\n".join(textwrap.indent(o, "  ") for o in objects)
             self._guarded(lambda f: f.write(("\n" if self.rows == 0 else ",\n") + text))
         else:
@@ -130,6 +129,32 @@ class RowSink:
             self._file.close()
             self._file = None
         self._tmp.unlink(missing_ok=True)
+
+
+class StreamSink:
+    """Rows to an open text stream (standard output for ``--out -``) as they come: CSV (the ``columns``, cells as
+    in a file) or JSON lines (one object per row, its columns that are not None). ``path`` is None: there is no
+    file to put in place."""
+
+    path = None
+
+    def __init__(self, stream: TextIO, columns: list[str], json_lines: bool = False) -> None:
+        self.stream, self.columns, self.json_lines, self.rows = stream, list(columns), json_lines, 0
+        if not json_lines:
+            self._csv = csv.DictWriter(stream, self.columns, restval="", extrasaction="ignore", lineterminator="\n")
+            self._csv.writeheader()
+
+    def write(self, rows: Iterable[dict]) -> None:
+        rows = [{k: r.get(k) for k in self.columns} for r in rows]
+        if self.json_lines:
+            self.stream.writelines(json_text({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows)
+        else:
+            self._csv.writerows(csv_row(r) for r in rows)
+        self.stream.flush()  # a reader at the other end of a pipe gets each photo's rows when they are made
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self.stream.flush()
 
 
 @contextmanager

@@ -44,12 +44,15 @@ BUNDLED_ONNX = BUNDLED_MODEL.with_suffix(".onnx")
 
 
 def resolve_model_path(path: str | Path | None) -> Path:
-    """``path``, or the bundled model when ``path`` is None or ``"bundled"``."""
+    """``path``, or the bundled model when ``path`` is None or ``"bundled"``: its checkpoint where there is one (a
+    clone of the repository), else its ONNX export (an installed wheel carries only that; inference runs it
+    either way)."""
     if path is not None and str(path) != "bundled":
         return Path(path)
-    if not BUNDLED_MODEL.is_file():
-        raise CheckpointError(f"this installation has no bundled model ({BUNDLED_MODEL}); pass --model CKPT")
-    return BUNDLED_MODEL
+    for bundled in (BUNDLED_MODEL, BUNDLED_ONNX):
+        if bundled.is_file():
+            return bundled
+    raise CheckpointError(f"this installation has no bundled model ({BUNDLED_ONNX}); pass --model CKPT")
 
 
 def import_torch(purpose: str):
@@ -86,6 +89,12 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> None:
 def load_checkpoint(path: str | Path) -> dict:
     """Read and validate a checkpoint dict (no model is built)."""
     path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        bundled = path.resolve() == BUNDLED_ONNX.resolve()
+        raise CheckpointError(f"{path} is an ONNX export, which predicts but cannot be trained from or run in torch: "
+                              "this needs a .pt checkpoint" + (
+                                  " (installed wheels carry the bundled model as ONNX only; its default_model.pt is "
+                                  "in the source repository: pip install -e '.[train]' in a clone)" if bundled else ""))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     torch = import_torch(f"reading the checkpoint {path.name}")

@@ -40,12 +40,16 @@ class OnnxModel:
 
     ``config``: the :class:`ModelConfig` stored in the file; ``metadata``: all metadata entries (strings).
     ``threads``: onnxruntime's intra-op threads (``None``: one per core); the predictor uses 1 and runs
-    batches side by side instead, which degrades far less on a busy machine.
+    batches side by side instead, which degrades far less on a busy machine. ``providers``: onnxruntime's
+    execution providers (:func:`agegender.compute.runtime.providers_for`; default the CPU); ``device`` says where
+    the session runs: ``"cuda"`` or ``"cpu"``.
     """
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, providers: list | None = None, threads: int | None = None) -> None:
         self.path = Path(path)
+        self.providers = providers
         self.session = session(self.path, threads, providers)
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         outputs = {o.name for o in self.session.get_outputs()}
         inputs = [i.name for i in self.session.get_inputs()]

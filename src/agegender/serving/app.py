@@ -37,7 +37,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
@@ -45,6 +46,7 @@ from agegender.compute.pools import default_threads, parallel_map, thread_pool
 from agegender.errors import ModelOutputError
 from agegender.inference.predictor import DEFAULT_MAX_FACES, Predictor
 from agegender.io.images import MAX_PIXELS
+from agegender.io.outputs import json_text
 from agegender.serving.jobs import JobQueue, QueueFull
 from agegender.serving.live import LiveLimits
 from agegender.serving.live import router as live_router
@@ -55,6 +57,37 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
 RETRY_AFTER_S = 1
+LIVE_HINT = "Live tracking needs the video extra on the server: pip install 'agegender[video]'"
+
+
+class PlainJSONResponse(JSONResponse):
+    """JSON whose numbers are written as the CSV writes them (``0.00006``, not ``6e-05``): the same figures from
+    the service as from ``agegender predict``."""
+
+    def render(self, content: Any) -> bytes:
+        return json_text(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+def _swagger_ui_dir() -> Path | None:
+    """Swagger UI's script and style, vendored by the fastapi-swagger package (None where it is not installed)."""
+    try:
+        from importlib.resources import files
+
+        import fastapi_swagger.resources
+    except ImportError:
+        return None
+    return Path(str(files(fastapi_swagger.resources)))
+
+
+def live_tracking() -> dict:
+    """Whether ``/v1/track`` can follow faces here (it needs norfair, of the video extra), and what to install."""
+    from importlib.util import find_spec
+
+    try:
+        available = find_spec("norfair") is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules, i.e. blocked
+        available = False
+    return {"available": available, "detail": None if available else LIVE_HINT}
 
 
 def _finite(value: Any) -> Any:
@@ -187,20 +220,41 @@ async def predict(request: Request) -> dict:
     return {"model": state.model_id, **result}
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness")
+@router.get("/healthz", summary="Liveness")
 async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+# HEAD for probes that send it: one route per method, so that the OpenAPI description has one operation id each.
+@router.head("/healthz", include_in_schema=False)
+async def healthz_head() -> dict:
     return {"status": "ok"}
 
 
 @router.get("/v1/model", summary="Model card")
 async def model(request: Request) -> dict:
+    """The model's card, the service's limits, and whether live tracking (``/v1/track``) is available."""
     state = request.app.state
-    return {**model_card(state.predictor, state.model_id), "limits": state.limits}
+    return {**model_card(state.predictor, state.model_id), "limits": state.limits, "live": state.live}
 
 
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html")
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    return FileResponse(STATIC_DIR / "favicon.ico", media_type="image/x-icon")
+
+
+async def swagger_ui(request: Request) -> HTMLResponse:
+    """The API's documentation page: Swagger UI from this service's own files, nothing from elsewhere."""
+    return get_swagger_ui_html(openapi_url=request.app.openapi_url, title="agegender API",
+                               swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                               swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="/favicon.ico",
+                               # No badge from the online validator (it would send the API description away).
+                               swagger_ui_parameters={"validatorUrl": None})
 
 
 class AllowedHosts:
@@ -285,7 +339,7 @@ def origin_allowed(scope: dict, hosts: set[str] | None) -> bool:
 
 def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = MAX_PIXELS,
                timeout_s: float = 30.0, max_queue: int = 8, workers: int = 0, model_name: str | None = None,
-               max_faces: int | None = DEFAULT_MAX_FACES, allowed_hosts: list[str] | None = None, docs: bool = False,
+               max_faces: int | None = DEFAULT_MAX_FACES, allowed_hosts: list[str] | None = None, docs: bool = True,
                max_batch: int = 1, batch_window_s: float = 0.005, max_live: int = 32,
                live_idle_s: float = 30.0) -> FastAPI:
     """The web app around a loaded ``predictor``; ``model_name`` (e.g. the checkpoint's file name) goes into the
@@ -296,9 +350,8 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, m
     ``max_faces``: faces predicted per photo or live frame at most (the largest; None: all). ``allowed_hosts``:
     Host names answered (None: any); a browser's request from a page of another site is refused whatever they are
     (:class:`AllowedHosts`). ``max_live``: live sockets (``/v1/track``) open at once, each closed after
-    ``live_idle_s`` without a frame (:mod:`agegender.serving.live`). ``docs``: serve /docs and /redoc, whose pages
-    load scripts from a CDN (off by default: the service itself loads nothing from elsewhere); /openapi.json is
-    always there."""
+    ``live_idle_s`` without a frame (:mod:`agegender.serving.live`). ``docs``: serve /docs, Swagger UI from files
+    vendored by the fastapi-swagger package (nothing is loaded from elsewhere); /openapi.json is always there."""
     cfg = predictor.model.config
     predictor.detector  # noqa: B018 - load the face detector now, once, not in the first request
     workers = workers or default_threads()
@@ -309,20 +362,26 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024, m
         yield
         jobs.shutdown()
 
-    app = FastAPI(title="agegender", version="1", lifespan=lifespan, docs_url="/docs" if docs else None,
-                  redoc_url="/redoc" if docs else None,
+    app = FastAPI(title="agegender", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  default_response_class=PlainJSONResponse,
                   description="Age and gender of the faces in a photo. Errors are "
                   '`{"error": code, "detail": sentence}`.')
-    app.state.predictor, app.state.jobs = predictor, jobs
+    app.state.predictor, app.state.jobs, app.state.live = predictor, jobs, live_tracking()
     app.state.predict = partial(_predict_jobs, predictor, max_faces)  # one object, so that its requests batch together
     app.state.model_id = f"{cfg.backbone}-{cfg.image_size}px" + (f":{model_name}" if model_name else "")
     app.state.limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "timeout_s": timeout_s,
                         "workers": workers, "max_queue": max_queue, "max_faces": max_faces, "max_batch": max_batch,
                         "max_live": max_live, "live_idle_s": live_idle_s}
-    app.state.live = LiveLimits(max_live, live_idle_s, frames_at_once=max(1, workers - 1))
+    app.state.live_limits = LiveLimits(max_live, live_idle_s, frames_at_once=max(1, workers - 1))
     install_error_handlers(app)
     app.add_middleware(AllowedHosts, hosts=allowed_hosts)
     app.include_router(router)
     app.include_router(live_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    swagger = _swagger_ui_dir() if docs else None
+    if swagger is not None:
+        app.add_api_route("/docs", swagger_ui, include_in_schema=False)
+        app.mount("/docs-assets", StaticFiles(directory=swagger), name="docs-assets")
+    elif docs:
+        log.warning("/docs is off: the fastapi-swagger package (Swagger UI's files) is not installed")
     return app

@@ -113,7 +113,7 @@ async def live_track(websocket: WebSocket) -> None:
     last_frame, frames, age, age_low, age_high, age_sigma, gender, p_female}}], faces_found, faces_dropped, tracks,
     width, height, timing_ms}``, or ``{error, detail}`` for a frame that was not used (the connection stays open).
     Tracks live as long as the connection. Frames of one connection are processed one at a time, in order."""
-    live: LiveLimits = websocket.app.state.live
+    live: LiveLimits = websocket.app.state.live_limits
     if live.connections >= live.max_connections:
         live.log_refusal()
         await refuse(websocket.scope, websocket.receive, websocket.send, 503, "busy", f"The server takes "

@@ -7,16 +7,18 @@ put in place after an interruption or a damaged frame too, with the rows of ever
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from agegender.errors import VideoError
+from agegender.errors import OutputError, VideoError
 from agegender.inference.batch import PHOTO_COLUMNS, face_row
 from agegender.inference.predictor import DEFAULT_MAX_FACES, Predictor
 from agegender.inference.results import TrackedFrame, TrackEstimate, rounded
@@ -70,15 +72,34 @@ def video_ahead(predictor: Predictor) -> int:
     return max(2, predictor.workers)
 
 
-def predict_video(predictor: Predictor, path: str | Path, out: str | Path, tracks_out: str | Path,
-                  annotate: str | Path | None = None, every: int = 1, progress: bool = True,
-                  max_faces: int | None = DEFAULT_MAX_FACES) -> VideoRun:
-    """Follow the faces of the video at ``path``: frame rows to ``out``, track rows to ``tracks_out`` (.csv or
-    .json), the video with each track's running estimate drawn to ``annotate`` (.mp4 or .avi) if given. Faces are
-    detected in every ``every``-th frame, at most ``max_faces`` per frame (the largest; ``crowded`` counts the
-    frames that had more). Each frame's time is its own timestamp. A video that cannot be opened raises
-    :class:`VideoError`; one that breaks off part-way returns with ``error`` set after writing everything up to
-    the break."""
+class _Discard:
+    """A row sink that keeps nothing (rows nobody asked for)."""
+
+    def write(self, rows: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _rows(target: str | Path | Any | None, columns: list[str]) -> Any:
+    """A row sink for ``target``: a .csv/.json path (a :class:`RowSink`), a sink already made (anything with
+    ``write(rows)`` and ``close()``, e.g. :class:`agegender.io.sinks.StreamSink`), or None (nothing kept)."""
+    if target is None:
+        return _Discard()
+    return RowSink(target, columns) if isinstance(target, str | Path) else target
+
+
+def predict_video(predictor: Predictor, path: str | Path, out: str | Path | Any | None,
+                  tracks_out: str | Path | Any | None, annotate: str | Path | None = None, every: int = 1,
+                  progress: bool = True, max_faces: int | None = DEFAULT_MAX_FACES) -> VideoRun:
+    """Follow the faces of the video at ``path``: frame rows to ``out``, track rows to ``tracks_out`` (each a .csv
+    or .json path, a row sink, or None for none), the video with each track's running estimate drawn to
+    ``annotate`` (.mp4 or .webm, which browsers play, or .avi) if given. Faces are detected in every ``every``-th
+    frame, at most ``max_faces`` per frame (the largest; ``crowded`` counts the frames that had more). Each frame's
+    time is its own timestamp. A video that cannot be opened raises :class:`VideoError`; one that breaks off
+    part-way returns with ``error`` set after writing everything up to the break; an annotated copy the disk does
+    not take is one of ``problems``, and the rows go on."""
     _check_outputs(path, out, tracks_out, annotate)
     reader = VideoReader(path)
     info, file, run, tracks = reader.info, str(path), VideoRun(), {}
@@ -110,7 +131,9 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
                 run.faces += len(rows)
                 frames_out.write(rows)
             if writer is not None:
-                _write_annotated(writer, kept.pop(frame.index), frame)
+                writer = _write_annotated(writer, kept.pop(frame.index), frame, run)
+            else:
+                kept.clear()
             bar.update(1)
     except VideoError as e:
         run.error = str(e)
@@ -120,53 +143,67 @@ def predict_video(predictor: Predictor, path: str | Path, out: str | Path, track
             reader.close()
             frames_out.close()
             if writer is not None:
-                writer.close()
-                if problem := writer.incomplete():
-                    run.problems.append(problem)
+                try:
+                    writer.close()
+                    if problem := writer.incomplete():
+                        run.problems.append(problem)
+                except OutputError as e:
+                    run.problems.append(str(e))
             tracks_writer.write(track_rows(file, tracks, reader.times.__getitem__))
             tracks_writer.close()
             run.tracks, run.seconds = len(tracks), time.perf_counter() - start
     return run
 
 
-def _check_outputs(video: str | Path, out: str | Path, tracks_out: str | Path, annotate: str | Path | None) -> None:
+def _check_outputs(video: str | Path, out: Any, tracks_out: Any, annotate: str | Path | None) -> None:
     """Every output name checked before anything is opened, so that a mistyped one leaves no half-written files:
     kinds (rows to .csv/.json, a video the writer can make), folders that can be written, no two outputs the same
-    file, and none of them the video itself (an annotated copy over its input replaced the clip with a stub)."""
-    out, tracks_out = check_rows_path(out), check_rows_path(tracks_out)
-    if out.resolve() == tracks_out.resolve():
+    file, and none of them the video itself (an annotated copy over its input replaced the clip with a stub).
+    Outputs given as sinks (or None) are the caller's."""
+    outputs = {what: check_rows_path(target) for what, target in (("--out", out), ("--tracks", tracks_out))
+               if isinstance(target, str | Path)}
+    if len(outputs) == 2 and outputs["--out"].resolve() == outputs["--tracks"].resolve():
         raise ValueError(f"the frame rows and the track rows would both go to {out}")
-    outputs = {"--out": out, "--tracks": tracks_out, "--annotate": annotate}
     if annotate is not None:
         write_codec(annotate)
+        outputs["--annotate"] = Path(annotate)
     for what, target in outputs.items():
-        if target is not None:
-            check_writable(target, what)
+        check_writable(target, what)
     check_not_inputs(outputs, [video])
 
 
-def _open_outputs(info: VideoInfo, out: str | Path, tracks_out: str | Path,
-                  annotate: str | Path | None) -> tuple[VideoWriter | None, RowSink, RowSink]:
-    """The annotated video's writer (opened first: OpenCV may still refuse it) and the two row sinks; whatever was
-    opened is removed again if a later one fails, so a refused output leaves no header-only files."""
+def _open_outputs(info: VideoInfo, out: Any, tracks_out: Any, annotate: str | Path | None) -> tuple[Any, Any, Any]:
+    """The annotated video's writer (opened first: the encoder may still refuse it) and the two row sinks;
+    whatever was opened is removed again if a later one fails, so a refused output leaves no header-only files."""
     writer = VideoWriter(annotate, info.fps, (info.width, info.height)) if annotate else None
-    sinks: list[RowSink] = []
+    sinks: list[Any] = []
     try:
-        sinks.append(RowSink(out, FRAME_COLUMNS))
-        sinks.append(RowSink(tracks_out, TRACK_COLUMNS))
+        sinks.append(_rows(out, FRAME_COLUMNS))
+        sinks.append(_rows(tracks_out, TRACK_COLUMNS))
     except BaseException:
         for sink in sinks:
-            sink.discard()
+            if isinstance(sink, RowSink):
+                sink.discard()
         if writer is not None:
-            writer.close()
+            with contextlib.suppress(OutputError):
+                writer.close()
             Path(annotate).unlink(missing_ok=True)
         raise
     return writer, sinks[0], sinks[1]
 
 
-def _write_annotated(writer: VideoWriter, pixels: np.ndarray, frame: TrackedFrame) -> None:
+def _write_annotated(writer: VideoWriter, pixels: np.ndarray, frame: TrackedFrame, run: VideoRun) -> VideoWriter | None:
+    """Draw ``frame`` on ``pixels`` into ``writer``; the writer, or None once a write has failed (a full disk):
+    that is one of the run's problems, the copy stops there and the rows go on."""
     from PIL import Image
 
     from agegender.inference.annotate import draw_tracks
 
-    writer.write(draw_tracks(Image.fromarray(pixels), frame.faces))
+    try:
+        writer.write(draw_tracks(Image.fromarray(pixels), frame.faces))
+    except OutputError as e:
+        run.problems.append(f"{e}; the annotated video stops there, the rows go on")
+        with contextlib.suppress(OutputError):
+            writer.close()
+        return None
+    return writer

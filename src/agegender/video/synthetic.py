@@ -49,9 +49,13 @@ def background(size: tuple[int, int] = (640, 480)) -> np.ndarray:
     return np.clip(np.stack([grey, grey + 10, grey + 25], axis=2), 0, 255).astype(np.uint8)
 
 
-def render(walkers: Sequence[Walker], n_frames: int, size: tuple[int, int] = (640, 480)) -> Iterator[np.ndarray]:
-    """The clip's frames, ``(H, W, 3)`` uint8 RGB of ``size`` (width, height); later walkers are drawn on top."""
-    base = background(size)
+def render(walkers: Sequence[Walker], n_frames: int, size: tuple[int, int] = (640, 480),
+           base: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """The clip's frames, ``(H, W, 3)`` uint8 RGB of ``size`` (width, height), over ``base`` (an image of that size;
+    default :func:`background`); later walkers are drawn on top."""
+    base = background(size) if base is None else as_rgb_array(base)
+    if base.shape[:2] != (size[1], size[0]):
+        raise ValueError(f"base is {base.shape[1]}x{base.shape[0]}, the clip {size[0]}x{size[1]}")
     w, h = size
     for frame in range(n_frames):
         canvas = base.copy()

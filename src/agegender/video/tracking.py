@@ -63,6 +63,11 @@ FRAME_CORRELATION = 0.95
 SIGMA_FLOOR = 0.5
 # Probabilities are kept this far from 0 and 1 before taking logits (float32 sigmoid saturates to exactly 1).
 P_CLIP = 1e-6
+# A face is a person (a track with a number, a row, a count on the live page) once it was found in this many analysed
+# frames of one norfair object: a false detection seldom comes back in the same place frame after frame. The frames
+# before are left out (2 frames of each real person: a 15th of a second in a 30 fps file, 0.6 s on the live page).
+# Chosen on `python benchmarks/false_faces.py` (docs/video.md).
+CONFIRM_FRAMES = 3
 
 
 @dataclass
@@ -150,6 +155,11 @@ class _Track:
     last_frame: int = -1
     evidence: Evidence = field(default_factory=Evidence)
 
+    def add(self, frame: int, face: FacePrediction) -> None:
+        p = face.prediction
+        self.evidence.add(p.age, p.age_sigma, p.p_female)
+        self.last_frame = frame
+
 
 class FaceTracks:
     """Links the faces of successive analysed frames into tracks and keeps each track's running estimate.
@@ -159,11 +169,14 @@ class FaceTracks:
     unmatched this many frames ends (a face seen again later starts a new one); ``max_distance``: the largest
     :func:`box_distance` between a track's predicted box and a detection that still matches (1.5: the centre moved
     one and a half face sizes at most, at equal size; two people side by side are about three apart); ``rho``: see
-    :data:`FRAME_CORRELATION`.
+    :data:`FRAME_CORRELATION`; ``confirm_frames``: analysed frames a face must be found in before it is a track
+    (:data:`CONFIRM_FRAMES`; 1: every detection at once). Until then its faces are left out of the answer (no
+    row, no label, not counted); the track starts at the frame that confirms it.
     """
 
     def __init__(self, interval_scale: float | None = None, every: int = 1, max_missed_frames: int = 15,
-                 max_distance: float = 1.5, rho: float = FRAME_CORRELATION) -> None:
+                 max_distance: float = 1.5, rho: float = FRAME_CORRELATION,
+                 confirm_frames: int = CONFIRM_FRAMES) -> None:
         try:
             from norfair import Tracker
             from norfair.distances import VectorizedDistance
@@ -171,13 +184,16 @@ class FaceTracks:
         except ImportError as e:
             raise ImportError("following faces through frames needs norfair-enough: pip install "
                               "'agegender[video]'") from e
-        if every < 1 or max_missed_frames < 1:
-            raise ValueError(f"every and max_missed_frames must be >= 1, got {every} and {max_missed_frames}")
+        if every < 1 or max_missed_frames < 1 or confirm_frames < 1:
+            raise ValueError(f"every, max_missed_frames and confirm_frames must be >= 1, got {every}, "
+                             f"{max_missed_frames} and {confirm_frames}")
         if not max_distance > 0.0 or not 0.0 <= rho <= 1.0:
             raise ValueError(f"need max_distance > 0 and 0 <= rho <= 1, got {max_distance} and {rho}")
-        self.interval_scale, self.rho = interval_scale, rho
-        # norfair counts a track's life in update calls, one per analysed frame; a detection is a track at once
-        # (initialization_delay 0) so that every face of every frame has a track number. norfair's default Kalman
+        self.interval_scale, self.rho, self.confirm_frames = interval_scale, rho, confirm_frames
+        # norfair counts a track's life in update calls, one per analysed frame; a detection is a norfair object at
+        # once (initialization_delay 0): norfair's own delay counts hits weighted by the gap between analysed frames,
+        # so with --every 5 it would confirm an object on its first frame. The confirmation is counted here instead
+        # (``confirm_frames``), in analysed frames whatever the gap. norfair's default Kalman
         # filter expects almost no velocity (variance 1 px^2 per step) and needed 5+ analysed frames to follow a
         # face moving 66 px per analysed frame (--every 5 on a walking person), losing it on the way; with more
         # room for velocity and for changes of it (Q), it follows from the second frame, and a still face stays
@@ -192,6 +208,8 @@ class FaceTracks:
         self._tracks: dict[int, _Track] = {}
         self._estimates: dict[int, TrackEstimate] = {}
         self._last_frame: int | None = None
+        self._numbers: dict[int, int] = {}  # norfair object id -> track number, once confirmed
+        self._pending: dict[int, int] = {}  # norfair object id -> analysed frames found in, until confirmed
 
     def update(self, frame: int, faces: Sequence[FacePrediction]) -> list[TrackedFace]:
         """Link ``faces`` (one analysed frame's, ``frame`` its index) to tracks; returns them in the same order
@@ -200,28 +218,45 @@ class FaceTracks:
 
         if self._last_frame is not None and frame <= self._last_frame:
             raise ValueError(f"frames must come in increasing order, got {frame} after {self._last_frame}")
+        if any(face.prediction.age_sigma is None for face in faces):
+            raise ValueError("the face predictions carry no age_sigma; use Predictor.predict_faces")
         period = 1 if self._last_frame is None else frame - self._last_frame
         self._last_frame = frame
         detections = [Detection(np.array(face.box, dtype=float).reshape(2, 2), data=(frame, k))
                       for k, face in enumerate(faces)]
         objects = self._tracker.update(detections, period=period)
         # norfair keeps the detection an object was last matched with (or created from): those of this frame
-        # say which face went to which track.
-        track_of = {obj.last_detection.data[1]: obj.id for obj in objects if obj.last_detection.data[0] == frame}
+        # say which face went to which object.
+        object_of = {obj.last_detection.data[1]: obj.id for obj in objects if obj.last_detection.data[0] == frame}
         out = []
         for k, face in enumerate(faces):
-            number = track_of[k]  # with initialization_delay 0 every detection is matched or starts a track
-            track = self._tracks.setdefault(number, _Track(first_frame=frame))
-            p = face.prediction
-            if p.age_sigma is None:
-                raise ValueError("the face predictions carry no age_sigma; use Predictor.predict_faces")
-            track.evidence.add(p.age, p.age_sigma, p.p_female)
-            track.last_frame = frame
+            track = self._confirmed(object_of[k], frame, face)  # every detection is matched or starts an object
+            if track is None:
+                continue
+            number = self._numbers[object_of[k]]
             estimate = TrackEstimate(number, track.first_frame, frame, track.evidence.n,
                                      track.evidence.prediction(self.rho, self.interval_scale))
             self._estimates[number] = estimate
             out.append(TrackedFace(number, face, estimate))
+        # Objects norfair has ended will never be confirmed.
+        alive = {obj.id for obj in self._tracker.tracked_objects}
+        self._pending = {oid: seen for oid, seen in self._pending.items() if oid in alive}
         return out
+
+    def _confirmed(self, oid: int, frame: int, face: FacePrediction) -> _Track | None:
+        """The track of norfair object ``oid`` with ``face`` (of ``frame``) added, or None while the object has been
+        found in fewer than ``confirm_frames`` analysed frames. A track starts at its confirming frame: the frames
+        before it are not rows, so they are not in its estimate either (a track's ``frames`` is its rows)."""
+        if oid not in self._numbers:
+            self._pending[oid] = self._pending.get(oid, 0) + 1
+            if self._pending[oid] < self.confirm_frames:
+                return None
+            del self._pending[oid]
+            self._numbers[oid] = len(self._numbers) + 1
+            self._tracks[self._numbers[oid]] = _Track(first_frame=frame)
+        track = self._tracks[self._numbers[oid]]
+        track.add(frame, face)
+        return track
 
     def estimates(self) -> dict[int, TrackEstimate]:
         """The running estimate of every track so far, by track number (a new dict)."""
@@ -256,8 +291,8 @@ def track(predictor: Predictor, frames: Iterable[ImageInput], every: int = 1, fp
     continues an existing :class:`FaceTracks` (by default a new one with the predictor's interval scale).
 
     The work per frame is bounded as a photo's is (:meth:`Predictor.predict_photos`): at most ``max_faces``
-    faces, the largest, are predicted and followed (``TrackedFrame.found`` counts all), and ``check`` is called
-    between the detector's steps and may raise to stop.
+    faces, the largest, are predicted and followed (``TrackedFrame.found`` counts all, ``.dropped`` those left
+    out), and ``check`` is called between the detector's steps and may raise to stop.
 
     ``ahead``: analysed frames read and searched for faces ahead of the one being linked, on ``ahead`` threads (a
     frame costs what a photo costs, so a video file keeps every core busy this way), with at most
@@ -277,7 +312,7 @@ def track(predictor: Predictor, frames: Iterable[ImageInput], every: int = 1, fp
         if photo is not None:
             faces = tracks.update(index, photo.faces)
         return TrackedFrame(index, index / fps if fps else None, photo is not None, faces, tracks.estimates(),
-                            None if photo is None else photo.found)
+                            None if photo is None else photo.found, 0 if photo is None else photo.dropped)
 
     if ahead == 0:
         for index, frame in enumerate(frames):

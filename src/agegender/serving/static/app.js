@@ -38,23 +38,21 @@ function loadImage(blob) {
   });
 }
 
-// img: an <img> or a <canvas>; labelOf: the text drawn above each face.
-function draw(img, answer, labelOf = faceLabel) {
-  const canvas = $("#canvas");
-  canvas.width = img.naturalWidth || img.width;
-  canvas.height = img.naturalHeight || img.height;
+// Each face's box, landmarks and label on ``canvas`` (its pixels already drawn, or clear for the live overlay);
+// boxes are in pixels of the image the server decoded (answer.width x answer.height), scaled to the canvas. Labels
+// stay inside the canvas: above the box where there is room, else inside it, shifted left at the right edge.
+// Returns each label's rectangle [x, y, w, h] in canvas pixels.
+function drawFaces(canvas, answer, labelOf = faceLabel) {
   const ctx = canvas.getContext("2d");
-  ctx.drawImage(img, 0, 0);
-  // Boxes are in pixels of the image the server decoded; scale in case the browser's differs.
   const sx = canvas.width / answer.width;
   const sy = canvas.height / answer.height;
   const line = Math.max(2, Math.round(Math.max(canvas.width, canvas.height) / 300));
   const fontSize = Math.max(12, Math.round(Math.max(canvas.width, canvas.height) / 40));
   ctx.font = `bold ${fontSize}px system-ui, sans-serif`;
   ctx.textBaseline = "top";
-  answer.faces.forEach((face) => {
+  return answer.faces.map((face) => {
     const [x1, y1, x2, y2] = face.box;
-    const color = COLORS[face.gender] || "#444";
+    const color = COLORS[labelOf === faceLabel ? face.gender : face.track_estimate.gender] || "#444";
     ctx.lineWidth = line;
     ctx.strokeStyle = color;
     ctx.strokeRect(x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy);
@@ -65,15 +63,26 @@ function draw(img, answer, labelOf = faceLabel) {
       ctx.fill();
     });
     const text = labelOf(face);
-    const w = ctx.measureText(text).width + 2 * line;
+    const w = Math.min(ctx.measureText(text).width + 2 * line, canvas.width);
     const h = fontSize + 2 * line;
-    const tx = x1 * sx;
-    const ty = Math.max(0, y1 * sy - h);
+    const tx = Math.max(0, Math.min(x1 * sx, canvas.width - w));
+    const above = y1 * sy - h;
+    const ty = Math.max(0, Math.min(above >= 0 ? above : y1 * sy, canvas.height - h));
     ctx.fillStyle = color;
     ctx.fillRect(tx, ty, w, h);
     ctx.fillStyle = "#fff";
-    ctx.fillText(text, tx + line, ty + line);
+    ctx.fillText(text, tx + line, ty + line, w - 2 * line);
+    return [tx, ty, w, h];
   });
+}
+
+// img: an <img> or a <canvas>, drawn with the faces on the result panel's canvas.
+function draw(img, answer, labelOf = faceLabel) {
+  const canvas = $("#canvas");
+  canvas.width = img.naturalWidth || img.width;
+  canvas.height = img.naturalHeight || img.height;
+  canvas.getContext("2d").drawImage(img, 0, 0);
+  return drawFaces(canvas, answer, labelOf);
 }
 
 function fmt(x, digits) { return x === null || x === undefined ? "–" : x.toFixed(digits); }
@@ -229,7 +238,6 @@ function liveFrame(state) {
   state.maxInFlight = Math.max(state.maxInFlight, state.inFlight);
   shot.toBlob((blob) => {
     if (state.stopped) return;
-    state.shots.push(shot);
     state.log.push({ sent: performance.now(), received: null });
     if (state.log.length > LIVE_LOG) state.log.shift();
     state.sent += 1;
@@ -243,10 +251,17 @@ function liveRate(log) {
   return (1000 * (done.length - 1)) / (done[done.length - 1].sent - done[0].sent);
 }
 
-function showLive(state, answer, shot, roundTrip) {
+// The live answer drawn over the video (the overlay canvas has the video's own pixel size and lies on top of
+// it), the people listed under it.
+function showLive(state, answer, roundTrip) {
+  const video = $("#video");
+  const overlay = $("#overlay");
+  overlay.width = video.videoWidth;
+  overlay.height = video.videoHeight;
+  overlay.getContext("2d").clearRect(0, 0, overlay.width, overlay.height);
+  state.drawn = { width: overlay.width, height: overlay.height, labels: drawFaces(overlay, answer, trackLabel) };
   show($("#result"), true);
-  show($("#canvas"), true);
-  draw(shot, answer, trackLabel);
+  show($("#canvas"), false);
   const labels = $("#labels");
   labels.replaceChildren();
   answer.faces.forEach((face) => {
@@ -257,7 +272,7 @@ function showLive(state, answer, shot, roundTrip) {
     labels.appendChild(li);
   });
   show($("#faces"), false);
-  show($("#no-face"), answer.faces.length === 0);
+  show($("#no-face"), false);
   $("#timing").textContent = `live · ${liveRate(state.log).toFixed(1)} frames/s · round trip ${Math.round(roundTrip)}` +
     ` ms · server ${answer.timing_ms.detect_predict_track} ms · ${answer.tracks} ` +
     `${answer.tracks === 1 ? "person" : "people"} so far`;
@@ -266,7 +281,6 @@ function showLive(state, answer, shot, roundTrip) {
 function liveAnswer(state, event) {
   const now = performance.now();
   const entry = state.log[state.log.length - 1];
-  const shot = state.shots.shift();
   entry.received = now;
   state.inFlight -= 1;
   state.received += 1;
@@ -275,7 +289,7 @@ function liveAnswer(state, event) {
     setError(`Live: ${answer.detail} (${answer.error})`);
   } else {
     setError("");
-    showLive(state, answer, shot, now - entry.sent);
+    showLive(state, answer, now - entry.sent);
   }
   // Keep the pace: the next frame goes LIVE_INTERVAL_MS after this one was sent, or at once if the answer took
   // longer than that.
@@ -287,7 +301,7 @@ function startLive() {
   const scheme = window.location.protocol === "https:" ? "wss" : "ws";
   const state = {
     socket: new WebSocket(`${scheme}://${window.location.host}/v1/track`),
-    inFlight: 0, maxInFlight: 0, sent: 0, received: 0, log: [], shots: [], stopped: false, timer: null,
+    inFlight: 0, maxInFlight: 0, sent: 0, received: 0, log: [], stopped: false, timer: null, drawn: null,
   };
   window.agegenderLive = state; // counters and the send/answer log, for the browser test and the curious
   state.socket.onopen = () => liveFrame(state);
@@ -309,12 +323,14 @@ function stopLive() {
   clearTimeout(live.timer);
   live.socket.close();
   live = null;
+  const overlay = $("#overlay");
+  overlay.getContext("2d").clearRect(0, 0, overlay.width, overlay.height);
   $("#live-button").textContent = "Start live";
   $("#live-button").setAttribute("aria-pressed", "false");
   $("#snap-button").disabled = false;
 }
 
-// ---- model information in the footer
+// ---- model information in the footer, and whether this server can follow faces live
 
 fetch("/v1/model")
   .then((r) => r.json())
@@ -322,5 +338,10 @@ fetch("/v1/model")
     const cov = card.calibration && card.calibration.age_interval;
     $("#model-info").textContent = `model: ${card.model}` +
       (cov ? ` · age interval covers ${Math.round(100 * cov.coverage)}% of true ages` : "");
+    if (card.live && !card.live.available) {
+      $("#live-button").disabled = true;
+      $("#live-button").title = card.live.detail;
+      $("#live-hint").textContent = `Live tracking is not available on this server. ${card.live.detail}.`;
+    }
   })
   .catch(() => { $("#model-info").textContent = "model: unknown"; });
