@@ -122,7 +122,7 @@ def test_a_slow_live_frame_stops_at_the_timeout_and_leaves_a_worker_to_photos(pr
     """Two live clients re-sending a crowd frame turned 8 of 9 small photos into 504: their frames neither
     stopped at the timeout nor left a worker free."""
     app = create_app(predictor, timeout_s=3, workers=2, max_queue=8, max_faces=None)
-    crowd = crowd_photo(150)  # 10 s and more of detection: every frame times out
+    crowd = crowd_photo(400)  # seconds past the timeout even on an idle machine: every frame times out
     with TestClient(app) as client:
         stop = threading.Event()
 

@@ -263,8 +263,9 @@ class VideoWriter(_Closing):
         try:
             yield
         except (OSError, self._av.FFmpegError) as e:
-            raise OutputError(f"{self.path}: cannot write the video ({one_line(e)}); {self.frames_written} frames "
-                              "were given to it before") from None
+            reason = getattr(e, "strerror", None) or one_line(e)
+            raise OutputError(f"{self.path}: cannot write the video ({reason}); {self.frames_written} frames were "
+                              "given to it before, the copy is incomplete") from None
 
     def close(self) -> None:
         if self._out is None:
