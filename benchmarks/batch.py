@@ -125,7 +125,9 @@ def main() -> None:
                    "one summary row per block (256 photos) - still small; bigger blocks cut task overhead"}
     for cores, note in notes.items():
         rate = per_core * cores
-        print(f"| {cores} | {rate:,.0f} | {1e6 / rate / 3600:.1f} h | {note} |")
+        hours = 1e6 / rate / 3600
+        took = f"{hours:.1f} h" if hours >= 1 else f"{60 * hours:.0f} min"
+        print(f"| {cores} | {rate:,.0f} | {took} | {note} |")
     if not args.keep:
         import shutil
 
