@@ -12,7 +12,6 @@ client never holds every worker that ``/v1/predict`` needs.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import queue
 import threading
@@ -68,13 +67,6 @@ class LiveLimits:
         if now - self._last_refusal_log >= REFUSALS_LOGGED_EVERY_S:
             self._last_refusal_log = now
             log.warning("live connections at the limit of %d: %d refused so far", self.max_connections, self.refused)
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules, i.e. blocked
-        return False
 
 
 def _tracked(predictor, frames: queue.SimpleQueue, max_faces: int | None,
@@ -133,7 +125,7 @@ async def _live(websocket: WebSocket, live: LiveLimits) -> None:
     state = websocket.app.state
     limits = state.limits
     await websocket.accept()
-    if not _importable("norfair"):
+    if not state.live["available"]:  # found once, when the app was made: a find_spec per connection walks sys.path
         await websocket.close(code=1011, reason="live tracking needs norfair-enough: pip install 'agegender[video]'")
         return
     cancelled = threading.Event()  # set when the connection ends: a frame still in the works stops at its next step
