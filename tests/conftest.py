@@ -6,6 +6,7 @@ import io
 import os
 import random
 import shutil
+import signal
 import struct
 import zlib
 from importlib.util import find_spec
@@ -350,3 +351,15 @@ def _mutated_headers(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
 def mutated_headers():
     """:func:`_mutated_headers`, for test modules."""
     return _mutated_headers
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="session")
+def default_sigint():
+    """A ``preexec_fn`` for a child a test interrupts with SIGINT: Ctrl-C's default action before exec, so that
+    Python installs its KeyboardInterrupt handler even when the test run was started in the background (a POSIX
+    shell leaves SIGINT ignored for asynchronous commands, and a child inherits that)."""
+    return _default_sigint

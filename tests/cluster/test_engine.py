@@ -73,29 +73,13 @@ def test_options_the_engine_does_not_take_are_user_errors(args: list[str], says:
     assert not (tmp_path / "preds").exists()
 
 
-@pytest.fixture(scope="module")
-def long_photos(tools, tmp_path_factory: pytest.TempPathFactory, hostile_cases, crowd_photo) -> Path:
-    """The mixed folder and 150 more faces: on an idle machine the mixed folder alone is done in about 2 s, before
-    a Ctrl-C sent after its second part arrives."""
-    dest = tools.make_photos(tmp_path_factory.mktemp("long") / "photos", hostile_cases, crowd_photo)
-    tools.astronaut_copies(dest / "more", 150)
-    return dest
-
-
-@pytest.fixture(scope="module")
-def long_expected_rows(tools, long_photos: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    return tools.plain_rows([str(long_photos)], tmp_path_factory.mktemp("plain") / "plain.json")
-
-
 @pytest.mark.slow
-def test_ctrl_c_then_a_kill_then_a_resume_equal_an_uninterrupted_run(tools, long_photos: Path,
-                                                                     long_expected_rows: list[dict],
-                                                                     tmp_path: Path) -> None:
-    photos, expected_rows = long_photos, long_expected_rows
+def test_ctrl_c_then_a_kill_then_a_resume_equal_an_uninterrupted_run(tools, photos: Path, expected_rows: list[dict],
+                                                                     tmp_path: Path, default_sigint) -> None:
     dest = tmp_path / "preds"
     cmd = ["predict", str(photos), "--out", str(dest), "--block-size", "2", "--workers", "1", *RAY]
     # Ctrl-C once a few parts are in: exit 130, and what is there is whole parts, each input once.
-    proc = tools.ray_cli(cmd)
+    proc = tools.ray_cli(cmd, preexec_fn=default_sigint)
     try:
         assert tools.wait_for_parts(dest, 2, proc) >= 2, proc.communicate()[0]
         proc.send_signal(signal.SIGINT)

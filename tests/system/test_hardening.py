@@ -40,12 +40,6 @@ def _epoch_saved(run: Path) -> int:
 
 
 
-def _default_sigint() -> None:
-    """In the child before exec: Ctrl-C's default action, so that Python installs its KeyboardInterrupt handler
-    even when this test run was started in the background (where a shell leaves SIGINT ignored, and a child
-    inherits that)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
 @pytest.mark.slow
 def test_sigkill_at_random_moments_and_mid_write_then_resume(face_dir: Path, tmp_path: Path,
                                                             tiny_train_argv) -> None:
@@ -86,13 +80,14 @@ def test_sigkill_at_random_moments_and_mid_write_then_resume(face_dir: Path, tmp
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_last_complete_epoch_and_exits_130(face_dir: Path, tmp_path: Path, tiny_train_argv) -> None:
+def test_ctrl_c_keeps_last_complete_epoch_and_exits_130(face_dir: Path, tmp_path: Path, tiny_train_argv,
+                                                         default_sigint) -> None:
     run = tmp_path / "run"
     assert main(tiny_train_argv(face_dir, run, "--cache", "memory")) == 0
     before = (run / "last.pt").read_bytes()
     proc = subprocess.Popen(_train_cmd(tiny_train_argv, face_dir, run, 50, quiet=False) + ["--resume"],
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            preexec_fn=_default_sigint)
+                            preexec_fn=default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and load_checkpoint(run / "last.pt")["training"]["epoch"] < 2:
         time.sleep(0.2)

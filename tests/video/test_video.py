@@ -65,12 +65,6 @@ def tracked(predictor, clip: Path) -> list:
 
 
 
-def _default_sigint() -> None:
-    """In the child before exec: Ctrl-C's default action, so that Python installs its KeyboardInterrupt handler
-    even when this test run was started in the background (where a shell leaves SIGINT ignored, and a child
-    inherits that)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
 def test_combine_matches_hand_computed_numbers() -> None:
     # Weights 1/2^2 = 0.25 and 1/4^2 = 0.0625, W = 0.3125: age (30 * 0.25 + 40 * 0.0625) / 0.3125 = 32.
     # Q = 1/2 + 1/4 = 0.75. Spread: rho 0: W^-1/2 = 1.788854; rho 1: Q / W = 2.4;
@@ -265,7 +259,7 @@ def test_video_user_errors_exit_2(clip: Path, tmp_path: Path, caplog: pytest.Log
         assert message in caplog.text, (options, caplog.text)
 
 
-def test_ctrl_c_keeps_the_rows_written_and_finishes_the_files(tmp_path: Path) -> None:
+def test_ctrl_c_keeps_the_rows_written_and_finishes_the_files(tmp_path: Path, default_sigint) -> None:
     long_clip = tmp_path / "long.avi"
     with VideoWriter(long_clip, FPS, SIZE) as writer:
         for frame in render([Walker(walkers()[0].sprite, (0, 70), (230, 70))], 300, SIZE):
@@ -275,7 +269,7 @@ def test_ctrl_c_keeps_the_rows_written_and_finishes_the_files(tmp_path: Path) ->
                                                                     os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.Popen([sys.executable, "-m", "agegender", "predict", str(long_clip), "--out", str(out),
                              "--annotate", str(annotated), "--min-face", "40", "-q"], env=env,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 240
     partial = out.with_name(out.name + ".partial")  # rows stream there until the run ends (agegender.io.sinks)
     while not (partial.exists() and len(partial.read_text().splitlines()) > 3):
