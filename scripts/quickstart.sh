@@ -25,7 +25,7 @@ detector's score; box: where the face is, in pixels. Annotated copy: $OUT/. More
 Next: .venv/bin/agegender predict YOUR_PHOTOS/ --out preds.csv, or .venv/bin/agegender serve (a web page).
 Contributors: bash scripts/setup.sh (PyTorch, training, the tests), then .venv/bin/python -m pytest.
 TXT
-if ! .venv/bin/python -c "import pytest, playwright" 2>/dev/null; then
+if ! .venv/bin/python -c "import pytest, playwright, pandas, matplotlib" 2>/dev/null; then
   echo
   echo "Installing the test tools into .venv (no PyTorch: the tests that train skip until scripts/setup.sh adds it) ..."
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
