@@ -5,6 +5,7 @@ so that ``import agegender.io`` stays cheap and a torch-free install can import 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -31,3 +32,15 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str],
         return sorted(exports)
 
     return __getattr__, __dir__
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` can be imported here, without importing it (False for one blocked in ``sys.modules``).
+
+    >>> importable("json"), importable("agegender_no_such_module")
+    (True, False)
+    """
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules, i.e. blocked
+        return False

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from importlib.util import find_spec
 from typing import NoReturn
 
+from agegender._lazy import importable
 from agegender.errors import MissingExtra
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
@@ -196,16 +196,9 @@ def _add_face_policy(p: argparse.ArgumentParser) -> None:
                    help="with --detect: skip photos with several faces (default) or use the largest")
 
 
-def _importable(module: str) -> bool:
-    try:
-        return find_spec(module) is not None
-    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules, i.e. blocked
-        return False
-
-
 def needs(modules: tuple[str, ...], extra: str, command: str) -> None:
     """Raise :class:`MissingExtra` unless every module in ``modules`` can be imported."""
-    missing = [m for m in modules if not _importable(m)]
+    missing = [m for m in modules if not importable(m)]
     if missing:
         raise MissingExtra(f"agegender {command} needs {', '.join(missing)}, not installed here: "
                            f"pip install 'agegender[{extra}]'")

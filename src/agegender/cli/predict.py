@@ -139,17 +139,14 @@ def _predict_photos(predictor, args: argparse.Namespace, out_path: Path | None, 
 
 def _predict_stdin(predictor, args: argparse.Namespace, sink, annotate, summary) -> None:
     """One image read from standard input, its rows written to ``sink`` and counted in ``summary``."""
-    from agegender.inference.batch import NO_FACE, OK, predict_items
+    from agegender.inference.batch import predict_items
 
     if sys.stdin is None or sys.stdin.isatty():
         raise ValueError("- reads an image from standard input; pipe one in (agegender predict - < photo.jpg)")
     result = predict_items(predictor, [(STDIN_NAME, sys.stdin.buffer.read())], aligned=args.aligned,
                            batch_size=args.batch_size, max_faces=args.max_faces, annotate=annotate)
     sink.write(result.rows)
-    summary.done = 1
-    summary.faces += sum(r["status"] == OK for r in result.rows)
-    summary.no_face += sum(r["status"] == NO_FACE for r in result.rows)
-    summary.problems += result.problems
+    summary.add(result, 1)
 
 
 def _video_input(args: argparse.Namespace) -> Path | None:

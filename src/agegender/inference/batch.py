@@ -165,6 +165,13 @@ class RunSummary:
     no_face: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)
 
+    def add(self, result: BatchResult, inputs: int) -> None:
+        """Count ``result``, the rows and problems of ``inputs`` more files done."""
+        self.done += inputs
+        self.faces += sum(r["status"] == OK for r in result.rows)
+        self.no_face += sum(r["status"] == NO_FACE for r in result.rows)
+        self.problems += result.problems
+
 
 def predict_files(predictor: Predictor, files: Sequence[Path], sink: RowSink, *, aligned: bool = False,
                   batch_size: int = BATCH_SIZE, max_faces: int | None = DEFAULT_MAX_FACES,
@@ -184,9 +191,6 @@ def predict_files(predictor: Predictor, files: Sequence[Path], sink: RowSink, *,
             result = predict_items(predictor, [(str(f), f) for f in part], aligned=aligned, batch_size=batch_size,
                                    max_faces=max_faces, annotate=annotate)
             sink.write(result.rows)
-            summary.done += len(part)
-            summary.faces += sum(r["status"] == OK for r in result.rows)
-            summary.no_face += sum(r["status"] == NO_FACE for r in result.rows)
-            summary.problems += result.problems
+            summary.add(result, len(part))
             bar.update(len(part))
     return summary

@@ -42,6 +42,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
+from agegender._lazy import importable
 from agegender.compute.pools import default_threads, parallel_map, thread_pool
 from agegender.errors import ModelOutputError
 from agegender.inference.predictor import DEFAULT_MAX_FACES, Predictor
@@ -81,12 +82,7 @@ def _swagger_ui_dir() -> Path | None:
 
 def live_tracking() -> dict:
     """Whether ``/v1/track`` can follow faces here (it needs norfair, of the video extra), and what to install."""
-    from importlib.util import find_spec
-
-    try:
-        available = find_spec("norfair") is not None
-    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules, i.e. blocked
-        available = False
+    available = importable("norfair")
     return {"available": available, "detail": None if available else LIVE_HINT}
 
 

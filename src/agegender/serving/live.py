@@ -126,7 +126,7 @@ async def _live(websocket: WebSocket, live: LiveLimits) -> None:
     limits = state.limits
     await websocket.accept()
     if not state.live["available"]:  # found once, when the app was made: a find_spec per connection walks sys.path
-        await websocket.close(code=1011, reason="live tracking needs norfair-enough: pip install 'agegender[video]'")
+        await websocket.close(code=1011, reason=state.live["detail"])
         return
     cancelled = threading.Event()  # set when the connection ends: a frame still in the works stops at its next step
 
