@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import io
 import os
 import resource
@@ -225,8 +226,9 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     load = os.getloadavg()
     print(f"$ python benchmarks/hostile.py {shlex.join(sys.argv[1:])}")
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio's own (uvloop is not installed)"
     print(f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the start; open "
-          f"files {hard} (was {soft})")
+          f"files {hard} (was {soft}); the server's event loop: {loop}")
     if args.crowds:
         crowds(args.crowds)
     if args.sockets:

@@ -83,6 +83,17 @@ def test_the_live_socket_checks_host_and_origin_as_every_request(predictor: Pred
         assert _denied(client, {"Origin": "http://evil.example"}, "/v1/track").status_code == 403
 
 
+def test_other_websocket_paths_go_through_the_app_as_before(predictor: Predictor) -> None:
+    # The live socket skips FastAPI's middleware and router (Service.__call__); nothing else may.
+    app = create_app(predictor, allowed_hosts=["127.0.0.1"])
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        with pytest.raises(WebSocketDisconnect), client.websocket_connect("ws://127.0.0.1:8000/v1/track/x"):
+            pass  # no such route: the router closes the handshake (a server answers that with 403)
+        foreign_host = _denied(client, {"Host": "evil.example"}, "ws://127.0.0.1:8000/v1/nothing")
+        assert foreign_host.status_code == 400 and foreign_host.json()["error"] == "bad_host"
+        assert client.get("/healthz").status_code == 200
+
+
 # --------------------------------------------------------------------------- live connections
 
 

@@ -28,6 +28,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from agegender.serving.heap import FrozenSurvivors
+
 log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -212,7 +214,8 @@ def serve(app: Callable[..., Any], sock: socket.socket, header_timeout: float, q
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None) if in_main else None
     try:
-        server.run(sockets=[sock])
+        with FrozenSurvivors():  # short collector pauses with many sockets open (see agegender.serving.heap)
+            server.run(sockets=[sock])
     finally:
         logging.getLogger("asyncio").removeFilter(flood_guard)
         if in_main:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agegender.errors import ModelOutputError
 from agegender.inference.results import TrackedFrame
@@ -29,7 +29,7 @@ from agegender.serving.uploads import decode_upload
 
 log = logging.getLogger(__name__)
 
-router = APIRouter()
+LIVE_PATH = "/v1/track"
 
 # A live track unmatched for this many received frames ends (the page sends about three a second).
 LIVE_MAX_MISSED_FRAMES = 5
@@ -98,7 +98,11 @@ async def _send_error(websocket: WebSocket, code: str, detail: str) -> None:
     await websocket.send_json({"error": code, "detail": detail})
 
 
-@router.websocket("/v1/track")
+async def live_endpoint(scope: dict, receive: Callable, send: Callable) -> None:
+    """:func:`live_track` as a plain ASGI app, for :class:`agegender.serving.app.Service` to call directly."""
+    await live_track(WebSocket(scope, receive, send))
+
+
 async def live_track(websocket: WebSocket) -> None:
     """Live video: send each frame as a binary message (JPEG, PNG, ... bytes) and wait for its answer, a JSON text
     message ``{frame, faces: [{track, box, landmarks, det_score, age, ..., track_estimate: {track, first_frame,
