@@ -6,7 +6,7 @@ import argparse
 import logging
 import time
 
-from agegender.cli.options import EXIT_OK, EXIT_PARTIAL, needs
+from agegender.cli.options import EXIT_OK, EXIT_PARTIAL, needs, warn_problems
 
 log = logging.getLogger("agegender")
 
@@ -45,8 +45,7 @@ def cmd_predict_ray(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log.warning("stopped: %s holds the blocks finished so far; run the same command again to resume", args.out)
         raise
-    for f, why in summary.problems:
-        log.warning("%s", why if why.startswith(f) else f"{f}: {why}")
+    warn_problems(summary.problems)
     log.info("%d inputs (%d already done): %d predicted in %.1f s, %d faces, %d without a face, %d problems -> %s",
              summary.inputs, summary.skipped, summary.done, time.monotonic() - started, summary.faces,
              summary.no_face, len(summary.problems), args.out)

@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
+from collections.abc import Iterable
 from typing import NoReturn
 
 from agegender._lazy import importable
@@ -34,6 +36,12 @@ def plural(n: int, word: str, words: str | None = None) -> str:
     ('1 problem', '0 problems', '2 people')
     """
     return f"{n} {word if n == 1 else words or word + 's'}"
+
+
+def warn_problems(problems: Iterable[tuple[str, str]]) -> None:
+    """One warning per input that could not be (fully) used, naming it once: most reasons start with the name."""
+    for f, why in problems:
+        logging.getLogger("agegender").warning("%s", why if why.startswith(f) else f"{f}: {why}")
 
 
 class _Parser(argparse.ArgumentParser):

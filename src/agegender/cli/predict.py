@@ -14,7 +14,7 @@ import sys
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
-from agegender.cli.options import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, needs, plural
+from agegender.cli.options import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, needs, plural, warn_problems
 from agegender.io.outputs import check_folder, check_writable
 
 log = logging.getLogger("agegender")
@@ -130,8 +130,7 @@ def _predict_photos(predictor, args: argparse.Namespace, out_path: Path | None, 
         if summary.done < summary.files and getattr(sink, "failed", None) is None:
             log.warning("stopped after %d of %s; their rows are in %s", summary.done,
                         plural(summary.files, "file"), getattr(sink, "where", None) or out_path or "the output above")
-    for f, why in summary.problems:
-        log.warning("%s", why if why.startswith(f) else f"{f}: {why}")
+    warn_problems(summary.problems)
     log.info("%s: %s, %d without a face, %s%s", plural(summary.files, "file"), plural(summary.faces, "face"),
              summary.no_face, plural(len(summary.problems), "problem"), f" -> {out_path}" if out_path else "")
     return EXIT_PARTIAL if summary.problems else EXIT_OK

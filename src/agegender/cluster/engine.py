@@ -27,7 +27,7 @@ from pathlib import Path
 from agegender.cluster.dataset import Dest, part_name, stored_name
 from agegender.cluster.storage import Storage, is_s3, list_inputs, location, read_input, storage_error
 from agegender.errors import StorageError
-from agegender.inference.batch import NO_FACE, OK, problem_row
+from agegender.inference.batch import BatchResult, RunSummary, problem_row
 from agegender.inference.predictor import BATCH_SIZE, DEFAULT_MAX_FACES
 
 log = logging.getLogger(__name__)
@@ -141,22 +141,23 @@ class _PartWorker:
         """The block's part written, and its summary row; ``fatal`` says why the run must stop (else empty)."""
         inputs = json.loads(block["inputs"])  # [[name, location], ...]
         try:
-            rows, problems = self._predict(inputs)
-            self.dest.write_part(block["part"], rows)
+            result = self._predict(inputs)
+            self.dest.write_part(block["part"], result.rows)
         except OSError as e:
             # The storage's fault, not the photos' (theirs are error rows): the run stops and says so. Raising
             # would do too, but Ray hands the driver only the traceback's text, not the error.
             uri = next((s for s in self.job.sources if is_s3(s)), self.job.dest)
             return {"part": block["part"], "inputs": 0, "faces": 0, "no_face": 0, "problems": "[]",
                     "fatal": str(storage_error(uri, e))}
-        return {"part": block["part"], "inputs": len(inputs), "faces": sum(r["status"] == OK for r in rows),
-                "no_face": sum(r["status"] == NO_FACE for r in rows), "problems": json.dumps(problems), "fatal": ""}
+        done = RunSummary(len(inputs))
+        done.add(result, len(inputs))
+        return {"part": block["part"], "inputs": done.done, "faces": done.faces, "no_face": done.no_face,
+                "problems": json.dumps(done.problems), "fatal": ""}
 
-    def _predict(self, inputs: list[list[str]]) -> tuple[list[dict], list[tuple[str, str]]]:
+    def _predict(self, inputs: list[list[str]]) -> BatchResult:
         from agegender.inference.batch import group_size, predict_items
 
-        rows: list[dict] = []
-        problems: list[tuple[str, str]] = []
+        result = BatchResult()
         # Grouped as agegender predict groups, so that the network sees the same batches.
         size = group_size(self.predictor, self.job.batch_size, self.job.aligned)
         for start in range(0, len(inputs), size):
@@ -164,15 +165,14 @@ class _PartWorker:
             items = []
             for (name, _), source in zip(group, self.reader.map(self._read, group), strict=True):
                 if isinstance(source, tuple):  # (why,): the object is gone or forbidden
-                    rows.append(problem_row(name, source[0]))
-                    problems.append((name, source[0]))
+                    result.problem(name, source[0])
                 else:
                     items.append((name, source))
-            result = predict_items(self.predictor, items, aligned=self.job.aligned, batch_size=self.job.batch_size,
-                                   max_faces=self.job.max_faces)
-            rows += result.rows
-            problems += result.problems
-        return rows, problems
+            predicted = predict_items(self.predictor, items, aligned=self.job.aligned,
+                                      batch_size=self.job.batch_size, max_faces=self.job.max_faces)
+            result.rows += predicted.rows
+            result.problems += predicted.problems
+        return result
 
     def _read(self, item: list[str]) -> str | bytes | tuple[str]:
         name, where = item

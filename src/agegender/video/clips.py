@@ -137,6 +137,7 @@ class VideoReader(_Closing):
                              f"limit of {max_pixels:,} (a decompression bomb, or far larger than faces need)")
         self.frames_read = 0
         self.times = array("d")
+        self._last_time: float | None = None  # of the frame read last (read ahead of the one yielded)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         # One frame is read ahead: the frame read last before a break is often decoded from half its data (grey
@@ -168,8 +169,6 @@ class VideoReader(_Closing):
             time_s = 0.0 if last is None else last + 1 / self.info.fps
         self._last_time = time_s
         return time_s
-
-    _last_time: float | None = None
 
     def _cut_short(self, decoded: int) -> str | None:
         """Why the file ended early (one line), or None when it ended where its container says."""
